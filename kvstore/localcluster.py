@@ -1,0 +1,247 @@
+"""Start and stop a local cluster of store members as separate processes.
+
+Used by `grove kv cluster`, `grove up`, the benchmarks and the tests: every member is a real
+`grove kv serve` process on free loopback ports with its own data dir, so killing one with
+SIGKILL is a real crash and restarting it is a real recovery from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, timeout: float = 1.0) -> dict | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read() or b"{}")
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class GroveCluster:
+    def __init__(
+        self,
+        size: int = 3,
+        data_dir: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        snapshot_count: int | None = None,
+        history_size: int | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),
+        log_dir: str | None = None,
+        ports: list[tuple[int, int]] | None = None,
+        name_prefix: str = "m",
+    ):
+        self.size = size
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="grove-kv-")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.log_dir = log_dir or self.data_dir
+        self.host = host
+        self.snapshot_count = snapshot_count
+        self.history_size = history_size
+        self.extra_args = list(extra_args)
+        self.names = [f"{name_prefix}{i}" for i in range(size)]
+        ports = ports or self._load_or_pick_ports()
+        self.client_ports = [c for c, _ in ports]
+        self.peer_ports = [p for _, p in ports]
+        self.client_urls = [f"http://{host}:{p}" for p in self.client_ports]
+        self.peer_urls = [f"http://{host}:{p}" for p in self.peer_ports]
+        self.procs: list[subprocess.Popen | None] = [None] * size
+        self._logs: list = [None] * size
+
+    def _load_or_pick_ports(self) -> list[tuple[int, int]]:
+        """Reuse the ports of an earlier run on the same data dir, so members find each other again."""
+        path = os.path.join(self.data_dir, "ports.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if len(saved) == self.size:
+                return [tuple(p) for p in saved]  # type: ignore[misc]
+        ports = [(free_port(self.host), free_port(self.host)) for _ in range(self.size)]
+        with open(path, "w") as f:
+            json.dump(ports, f)
+        return ports
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{n}={u}" for n, u in zip(self.names, self.peer_urls))
+
+    def args(self, i: int) -> list[str]:
+        a = [
+            sys.executable, "-m", "kvstore", "serve",
+            "--name", self.names[i],
+            "--data-dir", os.path.join(self.data_dir, self.names[i]),
+            "--listen-client-urls", self.client_urls[i],
+            "--advertise-client-urls", self.client_urls[i],
+            "--listen-peer-urls", self.peer_urls[i],
+            "--initial-advertise-peer-urls", self.peer_urls[i],
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", "new",
+        ]
+        if self.snapshot_count is not None:
+            a += ["--snapshot-count", str(self.snapshot_count)]
+        if self.history_size is not None:
+            a += ["--history-size", str(self.history_size)]
+        return a + self.extra_args
+
+    def log_path(self, i: int) -> str:
+        return os.path.join(self.log_dir, f"{self.names[i]}.log")
+
+    def _spawn(self, i: int) -> None:
+        log = open(self.log_path(i), "ab")
+        self._logs[i] = log
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        self.procs[i] = subprocess.Popen(
+            self.args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+        )
+
+    def start(self, timeout: float = 30.0, progress: Callable[[str], None] | None = None) -> "GroveCluster":
+        try:
+            for i in range(self.size):
+                self._spawn(i)
+                if progress:
+                    progress(f"started member {self.names[i]} (client {self.client_urls[i]})")
+            self.wait_healthy(timeout)
+            if progress:
+                progress("members elected a leader")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_running(self, i: int) -> bool:
+        p = self.procs[i]
+        return p is not None and p.poll() is None
+
+    def _check_alive(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p is not None and p.poll() is not None:
+                raise ClusterError(f"member {self.names[i]} exited with {p.returncode}:\n{self.log(i)[-3000:]}")
+
+    def wait_healthy(self, timeout: float = 30.0, members: list[int] | None = None) -> None:
+        members = members if members is not None else [i for i in range(self.size) if self.procs[i] is not None]
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            ok = all((http_json(self.client_urls[i] + "/health") or {}).get("health") == "true" for i in members)
+            if ok:
+                # Every member has published its client URLs (etcdctl discovers endpoints from them).
+                listed = (http_json(self.client_urls[members[0]] + "/v2/members") or {}).get("members", [])
+                published = {u for m in listed for u in m.get("clientURLs", [])}
+                ok = all(self.client_urls[i] in published for i in members)
+            if ok:
+                try:
+                    self.leader_index(timeout=max(0.5, deadline - time.monotonic()), members=members)
+                    return
+                except ClusterError:
+                    pass
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    "cluster did not become healthy in time:\n"
+                    + "\n".join(f"--- {self.names[i]}\n{self.log(i)[-2000:]}" for i in members)
+                )
+            time.sleep(0.05)
+
+    def leader_index(self, timeout: float = 10.0, members: list[int] | None = None) -> int:
+        """Index of the leader once every running member names the same one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = members if members is not None else [i for i in range(self.size) if self.is_running(i)]
+            leaders = set()
+            leader_i = None
+            for i in running:
+                st = http_json(self.client_urls[i] + "/v2/stats/self") or {}
+                leaders.add(st.get("leaderInfo", {}).get("leader") or None)
+                if st.get("state") == "StateLeader":
+                    leader_i = i
+            if leader_i is not None and len(leaders) == 1 and None not in leaders:
+                return leader_i
+            if time.monotonic() > deadline:
+                raise ClusterError(f"members do not agree on a leader (saw {leaders})")
+            time.sleep(0.05)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[i]
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def restart(self, i: int, timeout: float = 30.0) -> None:
+        self.kill(i)
+        self._spawn(i)
+        deadline = time.monotonic() + timeout
+        while (http_json(self.client_urls[i] + "/health") or {}).get("health") != "true":
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise ClusterError(f"member {self.names[i]} did not come back:\n{self.log(i)[-2000:]}")
+            time.sleep(0.05)
+
+    def log(self, i: int) -> str:
+        try:
+            with open(self.log_path(i), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            if p is None:
+                continue
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self._logs:
+            if f is not None:
+                f.close()
+        self.procs = [None] * self.size
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "GroveCluster":
+        if all(p is None for p in self.procs):
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,787 @@
+"""One member of the store: the etcd v2 HTTP API in front of a Raft-replicated key tree.
+
+Requests are parsed the way etcd's v2 API parses them (query string and form body, the same
+error codes for bad input), writes become replicated commands, default reads are served from the
+local tree, `quorum=true` reads go through the log. Watches read the replicated event history
+(see kvstore/watch.py). Everything here runs in one asyncio loop; the Raft tick thread is only
+reached through `RaftNode.propose` and the state lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import errors as E
+from .errors import EtcdError
+from .raft import ProposalFailed, RaftNode, RaftTuning
+from .statemachine import StateMachine
+from .tree import CREATE, SET, DEFAULT_HISTORY_SIZE, clean_key
+from .watch import Waiter, WatchHub
+
+log = logging.getLogger("grove.kv")
+
+SERVER_VERSION = "3.4.0"  # the etcd API level grove's v2 API follows
+MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
+JSON = "application/json"
+
+_TRUE = {"1", "t", "T", "true", "TRUE", "True"}
+_FALSE = {"0", "f", "F", "false", "FALSE", "False"}
+
+
+def member_id(peer_urls: list[str], token: str) -> str:
+    """A stable 64-bit member id (hex), derived like etcd's from peer URLs and the cluster token."""
+    h = hashlib.sha1(("".join(sorted(peer_urls)) + token).encode()).digest()
+    return h[:8].hex()
+
+
+def cluster_id_of(member_ids: list[str]) -> str:
+    h = hashlib.sha1("".join(sorted(member_ids)).encode()).digest()
+    return h[:8].hex()
+
+
+def peer_addr(url: str) -> str:
+    """`http://127.0.0.1:2380` -> `127.0.0.1:2380` (the address pysyncobj speaks to)."""
+    u = urlparse(url)
+    if not u.hostname or not u.port:
+        raise ValueError(f"peer URL {url!r} must look like http://HOST:PORT")
+    return f"{u.hostname}:{u.port}"
+
+
+def parse_initial_cluster(spec: str) -> list[tuple[str, str]]:
+    """`a=http://h:1,b=http://h:2` -> [("a", "http://h:1"), ("b", "http://h:2")]."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            raise ValueError(f"--initial-cluster entry {part!r} must be NAME=PEER_URL")
+        name, url = part.split("=", 1)
+        peer_addr(url)
+        out.append((name, url))
+    return out
+
+
+@dataclass
+class MemberConfig:
+    name: str = "default"
+    data_dir: str = "default.grove"
+    listen_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    advertise_client_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    listen_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
+    initial_advertise_peer_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2380"])
+    initial_cluster: str = ""
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "grove-cluster"
+    discovery: str | None = None
+    history_size: int = DEFAULT_HISTORY_SIZE
+    request_timeout: float = 5.0
+    peer_password: str | None = None
+    tuning: RaftTuning = field(default_factory=RaftTuning)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.http = Counter("etcd_http_requests", "HTTP requests by method and code", ["method", "code"], registry=r)
+        self.leader_changes = Gauge(
+            "etcd_server_leader_changes_seen_total", "Leader changes seen by this member", registry=r
+        )
+        self.has_leader = Gauge("etcd_server_has_leader", "1 if a leader is known", registry=r)
+        self.is_leader = Gauge("etcd_server_is_leader", "1 if this member is the leader", registry=r)
+        self.proposals_committed = Gauge(
+            "etcd_server_proposals_committed_total", "Committed Raft entries (commit index)", registry=r
+        )
+        self.proposals_applied = Gauge(
+            "etcd_server_proposals_applied_total", "Raft entries applied by this member", registry=r
+        )
+        self.proposals_failed = Counter(
+            "etcd_server_proposals_failed", "Proposals that failed or timed out", registry=r
+        )
+        self.proposals_pending = Gauge("etcd_server_proposals_pending", "Proposals in flight", registry=r)
+        self.watchers = Gauge("etcd_debugging_store_watchers", "Open watchers", registry=r)
+        self.term = Gauge("etcd_server_raft_term", "Current Raft term", registry=r)
+        self.latency = Histogram(
+            "grove_kv_write_duration_seconds",
+            "Time from receiving a write to its commit",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+
+
+class Member:
+    def __init__(self, cfg: MemberConfig):
+        self.cfg = cfg
+        self.state = StateMachine(cfg.history_size)
+        self.hub = WatchHub()
+        self.metrics = Metrics()
+        self.raft: RaftNode | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.start_time = time.time()
+        self.id = member_id(cfg.initial_advertise_peer_urls, cfg.initial_cluster_token)
+        self.initial_members: list[dict] = []
+        self.local_cluster_id = ""
+        self.pending = 0
+        self._tasks: list[asyncio.Task] = []
+        self.removed = False
+
+    # -------------------------------------------------------------- lifecycle
+    def _initial_members(self, entries: list[tuple[str, str]]) -> list[dict]:
+        by_name: dict[str, list[str]] = {}
+        for name, url in entries:
+            by_name.setdefault(name, []).append(url)
+        members = []
+        for name, urls in by_name.items():
+            members.append(
+                {"id": member_id(urls, self.cfg.initial_cluster_token), "name": name, "peerURLs": urls,
+                 "clientURLs": []}
+            )
+        return members
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.loop = asyncio.get_running_loop()
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        if cfg.discovery and not self._has_data():
+            from .discovery import discover
+
+            cfg.initial_cluster = await discover(
+                cfg.discovery, self.id, cfg.name, cfg.initial_advertise_peer_urls[0]
+            )
+            log.info("discovery found cluster %s", cfg.initial_cluster)
+        if not cfg.initial_cluster:
+            cfg.initial_cluster = f"{cfg.name}={cfg.initial_advertise_peer_urls[0]}"
+        entries = parse_initial_cluster(cfg.initial_cluster)
+        self.initial_members = self._initial_members(entries)
+        if self.id not in {m["id"] for m in self.initial_members}:
+            raise SystemExit(
+                f"grove kv: this member ({cfg.name}, {cfg.initial_advertise_peer_urls}) is not in "
+                f"--initial-cluster {cfg.initial_cluster!r}"
+            )
+        self.local_cluster_id = cluster_id_of([m["id"] for m in self.initial_members])
+        self_addr = peer_addr(cfg.listen_peer_urls[0])
+        advertised = peer_addr(cfg.initial_advertise_peer_urls[0])
+        others = sorted({peer_addr(u) for m in self.initial_members for u in m["peerURLs"]} - {advertised})
+        self.raft = RaftNode(
+            advertised if self_addr == advertised else self_addr,
+            others,
+            cfg.data_dir,
+            self.state,
+            tuning=cfg.tuning,
+            password=cfg.peer_password,
+            on_events=self._events_from_raft,
+            on_leader_change=self._leader_changed_from_raft,
+            on_recover=self._recovered_from_raft,
+        )
+        self._tasks.append(asyncio.create_task(self._bootstrap_and_publish()))
+        self._tasks.append(asyncio.create_task(self._expire_loop()))
+
+    def _has_data(self) -> bool:
+        return os.path.exists(os.path.join(self.cfg.data_dir, "raft.journal"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.raft is not None:
+            raft = self.raft
+            await asyncio.get_running_loop().run_in_executor(None, raft.destroy_synchronous)
+
+    # ------------------------------------------------- callbacks (tick thread)
+    def _events_from_raft(self, events: list) -> None:
+        self.loop.call_soon_threadsafe(self.hub.publish, events)  # type: ignore[union-attr]
+
+    def _leader_changed_from_raft(self) -> None:
+        self.loop.call_soon_threadsafe(self.metrics.leader_changes.inc)  # type: ignore[union-attr]
+
+    def _recovered_from_raft(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.hub.wake_all)
+
+    # ------------------------------------------------------------ background
+    async def _bootstrap_and_publish(self) -> None:
+        """Record the initial membership once, then publish this member's name and client URLs."""
+        while True:
+            try:
+                raft = self.raft
+                if raft is not None and raft.leader_addr is not None:
+                    if self.state.cluster_id is None and raft.is_leader:
+                        await self.propose(
+                            {"op": "bootstrap", "cluster_id": self.local_cluster_id,
+                             "members": self.initial_members}
+                        )
+                    me = self.state.members.get(self.id)
+                    if me is not None and (
+                        me.get("name") != self.cfg.name or me.get("clientURLs") != self.cfg.advertise_client_urls
+                    ):
+                        await self.propose(
+                            {"op": "member_publish", "id": self.id, "name": self.cfg.name,
+                             "clientURLs": self.cfg.advertise_client_urls}
+                        )
+                    elif me is not None:
+                        self.known_in_cluster = True
+                    elif getattr(self, "known_in_cluster", False) and self.state.cluster_id is not None:
+                        log.warning("this member was removed from the cluster; shutting down")
+                        self.removed = True
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+            except (EtcdError, ProposalFailed, asyncio.TimeoutError):
+                pass
+            await asyncio.sleep(0.2 if not getattr(self, "known_in_cluster", False) else 1.0)
+
+    async def _expire_loop(self) -> None:
+        """The leader turns elapsed TTLs into a replicated `expire` command with its own clock."""
+        while True:
+            delay = 0.5
+            raft = self.raft
+            if raft is not None and raft.is_leader:
+                with raft.lock:
+                    nxt = self.state.tree.next_expiry()
+                now = time.time()
+                if nxt is not None and nxt <= now:
+                    try:
+                        await self.propose({"op": "expire", "now": now})
+                    except (ProposalFailed, asyncio.TimeoutError):
+                        pass
+                    delay = 0.05
+                elif nxt is not None:
+                    delay = min(0.5, max(0.01, nxt - now))
+            await asyncio.sleep(delay)
+
+    # ---------------------------------------------------------------- raft io
+    async def propose(self, cmd: dict):
+        raft = self.raft
+        assert raft is not None
+        self.pending += 1
+        try:
+            return await asyncio.wait_for(raft.propose(cmd, self.loop), self.cfg.request_timeout)
+        except (ProposalFailed, asyncio.TimeoutError):
+            self.metrics.proposals_failed.inc()
+            raise
+        finally:
+            self.pending -= 1
+
+    @property
+    def cluster_id(self) -> str:
+        return self.state.cluster_id or self.local_cluster_id
+
+    def leader_member(self) -> dict | None:
+        raft = self.raft
+        addr = raft.leader_addr if raft is not None else None
+        if addr is None:
+            return None
+        for m in self.state.members.values():
+            if any(peer_addr(u) == addr for u in m["peerURLs"]):
+                return m
+        return None
+
+    def headers(self, etcd_index: int | None = None) -> dict:
+        raft = self.raft
+        h = {"X-Etcd-Cluster-ID": self.cluster_id, "Content-Type": JSON}
+        if raft is not None:
+            h["X-Raft-Index"] = str(raft.raftCommitIndex)
+            h["X-Raft-Term"] = str(raft.term)
+        h["X-Etcd-Index"] = str(self.state.tree.index if etcd_index is None else etcd_index)
+        return h
+
+
+# ------------------------------------------------------------------ parsing
+def _bool(form, name: str) -> bool:
+    v = form.get(name)
+    if v is None or v == "":
+        return False
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise EtcdError(E.INVALID_FIELD, f"invalid value for {name}")
+
+
+def _uint(form, name: str, code: int) -> int | None:
+    v = form.get(name)
+    if v is None:
+        return None
+    try:
+        n = int(v, 10)
+        if n < 0:
+            raise ValueError
+        return n
+    except ValueError:
+        raise EtcdError(code, f"invalid value for {name}") from None
+
+
+def error_response(member: Member, err: EtcdError, head: bool = False) -> web.Response:
+    if not err.index:
+        err.index = member.state.tree.index
+    headers = member.headers(err.index)
+    body = b"" if head else orjson.dumps(err.to_dict()) + b"\n"
+    return web.Response(body=body, status=err.status, headers=headers)
+
+
+def raft_error(member: Member, exc: Exception) -> EtcdError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return EtcdError(E.RAFT_INTERNAL, "etcdserver: request timed out", member.state.tree.index)
+    if isinstance(exc, ProposalFailed) and exc.reason in ("MISSING_LEADER", "LEADER_CHANGED"):
+        return EtcdError(E.LEADER_ELECT, f"etcdserver: {exc.reason.lower().replace('_', ' ')}")
+    return EtcdError(E.RAFT_INTERNAL, f"etcdserver: {exc}")
+
+
+class KeysAPI:
+    """`/v2/keys/...`"""
+
+    def __init__(self, member: Member):
+        self.m = member
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        m = self.m
+        method = request.method
+        head = method == "HEAD"
+        try:
+            if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+                raise EtcdError(
+                    E.INVALID_FORM, f"request is too large (limit {MAX_REQUEST_BYTES} bytes)", 0,
+                    message="Invalid POST form",
+                )
+            form = dict(request.query)
+            if method in ("PUT", "POST", "DELETE") and request.can_read_body:
+                ctype = request.content_type
+                if ctype in ("application/x-www-form-urlencoded", "") or ctype.startswith("multipart/"):
+                    try:
+                        body = await request.post()
+                    except Exception:
+                        raise EtcdError(E.INVALID_FORM, "malformed form body") from None
+                    for k in body:
+                        v = body.get(k)
+                        form[k] = v if isinstance(v, str) else ""
+            raw_key = request.match_info.get("key", "")
+            if "\x00" in raw_key:
+                raise EtcdError(E.INVALID_FIELD, "key must not contain a NUL byte")
+            key = clean_key(raw_key)
+            if method in ("GET", "HEAD"):
+                return await self.get(request, key, form, head)
+            if method == "PUT":
+                return await self.put(key, form)
+            if method == "POST":
+                return await self.post(key, form)
+            if method == "DELETE":
+                return await self.delete(key, form)
+        except EtcdError as err:
+            return error_response(m, err, head)
+        return web.Response(status=405, text="Method Not Allowed", headers={"Allow": "GET, HEAD, PUT, POST, DELETE"})
+
+    def _respond(self, result, head: bool = False) -> web.Response:
+        m = self.m
+        if isinstance(result, EtcdError):
+            return error_response(m, result, head)
+        status = 200
+        action = result["action"]
+        if action == CREATE or (action == SET and "prevNode" not in result):
+            status = 201
+        idx = getattr(result, "index", None)
+        body = b"" if head else orjson.dumps(result) + b"\n"
+        return web.Response(body=body, status=status, headers=m.headers(idx))
+
+    async def _write(self, cmd: dict) -> web.Response:
+        m = self.m
+        t0 = time.perf_counter()
+        try:
+            result = await m.propose(cmd)
+        except (ProposalFailed, asyncio.TimeoutError) as exc:
+            return error_response(m, raft_error(m, exc))
+        m.metrics.latency.observe(time.perf_counter() - t0)
+        return self._respond(result)
+
+    # --------------------------------------------------------------- GET
+    async def get(self, request: web.Request, key: str, form: dict, head: bool) -> web.StreamResponse:
+        m = self.m
+        recursive = _bool(form, "recursive")
+        sort = _bool(form, "sorted")
+        wait = _bool(form, "wait")
+        quorum = _bool(form, "quorum")
+        stream = _bool(form, "stream")
+        wait_index = _uint(form, "waitIndex", E.INDEX_NAN)
+        if stream and not wait:
+            raise EtcdError(E.INVALID_FIELD, "stream can only be true when wait is true")
+        if wait:
+            return await self.watch(request, key, recursive, wait_index, stream)
+        if quorum:
+            try:
+                result = await m.propose({"op": "get", "key": key, "recursive": recursive, "sorted": sort,
+                                          "now": time.time()})
+            except (ProposalFailed, asyncio.TimeoutError) as exc:
+                raise raft_error(m, exc) from None
+            return self._respond(result, head)
+        raft = m.raft
+        assert raft is not None
+        with raft.lock:
+            result = m.state.tree.get(key, recursive, sort, time.time())
+            index = m.state.tree.index
+        body = b"" if head else orjson.dumps(result) + b"\n"
+        return web.Response(body=body, headers=m.headers(index))
+
+    async def watch(
+        self, request: web.Request, key: str, recursive: bool, wait_index: int | None, stream: bool
+    ) -> web.StreamResponse:
+        m = self.m
+        raft = m.raft
+        assert raft is not None
+        tree_index = m.state.tree.index
+        since = wait_index if wait_index else tree_index + 1
+        with raft.lock:
+            m.state.tree.history.check(since, m.state.tree.index)
+        waiter = Waiter(key, recursive)
+        m.hub.add(waiter)
+        m.metrics.watchers.set(m.hub.count)
+        resp = web.StreamResponse(headers=m.headers(tree_index))
+        if stream:
+            resp.headers["X-Grove-Stream"] = "1"
+        try:
+            await resp.prepare(request)
+            while True:
+                waiter.wake.clear()
+                found = []
+                with raft.lock:
+                    tree = m.state.tree
+                    try:
+                        for ev in tree.history.iter_from(since, tree.index):
+                            if ev.matches(key, recursive):
+                                found.append(ev)
+                                if not stream:
+                                    break
+                    except EtcdError as err:
+                        err.index = tree.index
+                        cleared = err
+                    else:
+                        cleared = None
+                    scanned_to = tree.history.last_index
+                if cleared is not None:
+                    await resp.write(orjson.dumps(cleared.to_dict()) + b"\n")
+                    return resp
+                if found and not stream:
+                    await resp.write(orjson.dumps(found[0]) + b"\n")
+                    await resp.write_eof()
+                    return resp
+                if found:
+                    await resp.write(b"".join(orjson.dumps(ev) + b"\n" for ev in found))
+                since = max(since, scanned_to + 1)
+                if not found:
+                    await waiter.wake.wait()
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            m.hub.remove(waiter)
+            m.metrics.watchers.set(m.hub.count)
+
+    # --------------------------------------------------------------- writes
+    def _ttl(self, form: dict) -> int | None:
+        v = form.get("ttl")
+        if v is None or v == "":
+            return None
+        try:
+            n = int(v, 10)
+        except ValueError:
+            raise EtcdError(E.TTL_NAN, "invalid value for ttl") from None
+        if n < 0:
+            raise EtcdError(E.TTL_NAN, "invalid value for ttl")
+        return n
+
+    def _value(self, form: dict) -> str:
+        v = form.get("value", "")
+        if len(v.encode()) > MAX_REQUEST_BYTES:
+            raise EtcdError(
+                E.INVALID_FORM, f"value is larger than the {MAX_REQUEST_BYTES}-byte limit", 0,
+            )
+        return v
+
+    async def put(self, key: str, form: dict) -> web.Response:
+        ttl = self._ttl(form)
+        is_dir = _bool(form, "dir")
+        refresh = _bool(form, "refresh")
+        for name in ("recursive", "sorted", "quorum", "stream"):
+            _bool(form, name)
+        if _bool(form, "wait"):
+            raise EtcdError(E.INVALID_FIELD, "wait can only be used with GET requests")
+        prev_exist = None
+        if form.get("prevExist") not in (None, ""):
+            prev_exist = _bool(form, "prevExist")
+        prev_index = _uint(form, "prevIndex", E.INDEX_NAN)
+        prev_value = form.get("prevValue")
+        if prev_value is not None and prev_value == "":
+            raise EtcdError(E.PREV_VALUE_REQUIRED, '"prevValue" cannot be empty')
+        if prev_index == 0:
+            prev_index = None
+        value = self._value(form)
+        if is_dir and value:
+            raise EtcdError(E.INVALID_FIELD, '"value" cannot be set with "dir"')
+        if refresh:
+            if "value" in form:
+                raise EtcdError(E.REFRESH_VALUE, "A value was provided on a refresh")
+            if ttl is None:
+                raise EtcdError(E.REFRESH_TTL_REQUIRED, "No TTL value set")
+        cmd: dict = {"key": key, "now": time.time(), "ttl": ttl}
+        if refresh:
+            cmd["refresh"] = True
+        if prev_value is not None or prev_index is not None:
+            if is_dir:
+                raise EtcdError(E.NOT_FILE, key)
+            cmd.update(op="cas", value=value, prevValue=prev_value, prevIndex=prev_index)
+        elif prev_exist is True:
+            cmd.update(op="update", value=value, dir=is_dir)
+        else:
+            cmd.update(op="set", value=value, dir=is_dir)
+            if prev_exist is False:
+                cmd["prevExist"] = False
+        return await self._write(cmd)
+
+    async def post(self, key: str, form: dict) -> web.Response:
+        ttl = self._ttl(form)
+        value = self._value(form)
+        is_dir = _bool(form, "dir")
+        return await self._write({"op": "append", "key": key, "value": value, "ttl": ttl, "dir": is_dir,
+                                  "now": time.time()})
+
+    async def delete(self, key: str, form: dict) -> web.Response:
+        recursive = _bool(form, "recursive")
+        is_dir = _bool(form, "dir")
+        prev_index = _uint(form, "prevIndex", E.INDEX_NAN)
+        prev_value = form.get("prevValue")
+        if prev_value is not None and prev_value == "":
+            raise EtcdError(E.PREV_VALUE_REQUIRED, '"prevValue" cannot be empty')
+        if prev_index == 0:
+            prev_index = None
+        if prev_value is not None or prev_index is not None:
+            return await self._write({"op": "cad", "key": key, "prevValue": prev_value, "prevIndex": prev_index,
+                                      "now": time.time()})
+        return await self._write({"op": "delete", "key": key, "recursive": recursive, "dir": is_dir,
+                                  "now": time.time()})
+
+
+class ClusterAPI:
+    """`/v2/members`, `/v2/stats/*`, `/version`, `/health`, `/metrics`, `/v2/machines`."""
+
+    def __init__(self, member: Member):
+        self.m = member
+
+    def _json(self, data, status: int = 200) -> web.Response:
+        return web.Response(body=orjson.dumps(data), status=status,
+                            headers={"Content-Type": JSON, "X-Etcd-Cluster-ID": self.m.cluster_id})
+
+    def _members(self) -> list[dict]:
+        ms = self.m.state.members or {m["id"]: m for m in self.m.initial_members}
+        return [
+            {"id": m["id"], "name": m.get("name", ""), "peerURLs": m["peerURLs"], "clientURLs": m.get("clientURLs", [])}
+            for m in sorted(ms.values(), key=lambda x: x["id"])
+        ]
+
+    async def members(self, request: web.Request) -> web.Response:
+        return self._json({"members": self._members()})
+
+    async def leader(self, request: web.Request) -> web.Response:
+        lm = self.m.leader_member()
+        if lm is None:
+            return self._json({"message": "During Leader Election"}, 503)
+        return self._json(lm)
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        m = self.m
+        try:
+            body = orjson.loads(await request.read())
+            urls = body["peerURLs"]
+            if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+                raise ValueError
+            for u in urls:
+                peer_addr(u)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            return self._json({"message": 'expected a JSON body like {"peerURLs": ["http://HOST:PORT"]}'}, 400)
+        for other in m.state.members.values():
+            if set(other["peerURLs"]) & set(urls):
+                return self._json({"message": "Peer URLs already exists"}, 409)
+        new = {"id": member_id(urls, m.cfg.initial_cluster_token), "name": "", "peerURLs": urls, "clientURLs": []}
+        raft = m.raft
+        assert raft is not None
+        try:
+            await asyncio.wait_for(raft.membership_change("add", peer_addr(urls[0]), m.loop), m.cfg.request_timeout)
+            result = await m.propose({"op": "member_add", "member": new})
+        except (ProposalFailed, asyncio.TimeoutError) as exc:
+            return self._json({"message": f"could not add member: {exc or 'timed out'}"}, 500)
+        if isinstance(result, EtcdError):
+            return self._json({"message": result.message}, 409)
+        return self._json(result, 201)
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        m = self.m
+        mid = request.match_info["id"]
+        target = m.state.members.get(mid)
+        if target is None:
+            return self._json({"message": f"No such member: {mid}"}, 404)
+        raft = m.raft
+        assert raft is not None
+        try:
+            await asyncio.wait_for(
+                raft.membership_change("remove", peer_addr(target["peerURLs"][0]), m.loop), m.cfg.request_timeout
+            )
+            await m.propose({"op": "member_remove", "id": mid})
+        except (ProposalFailed, asyncio.TimeoutError) as exc:
+            return self._json({"message": f"could not remove member: {exc or 'timed out'}"}, 500)
+        return web.Response(status=204, headers={"X-Etcd-Cluster-ID": m.cluster_id})
+
+    async def update_member(self, request: web.Request) -> web.Response:
+        return self._json({"message": "changing a member's peer URLs is not supported; remove and add it"}, 501)
+
+    async def machines(self, request: web.Request) -> web.Response:
+        urls = [u for mm in self._members() for u in mm["clientURLs"]]
+        return web.Response(text=", ".join(urls), headers={"X-Etcd-Cluster-ID": self.m.cluster_id})
+
+    async def stats_self(self, request: web.Request) -> web.Response:
+        m = self.m
+        raft = m.raft
+        lm = m.leader_member()
+        state = "StateLeader" if raft is not None and raft.is_leader else "StateFollower"
+        return self._json({
+            "name": m.cfg.name,
+            "id": m.id,
+            "state": state,
+            "startTime": _rfc3339(m.start_time),
+            "leaderInfo": {"leader": lm["id"] if lm else "", "uptime": f"{time.time() - m.start_time:.3f}s",
+                           "startTime": _rfc3339(m.start_time)},
+            "recvAppendRequestCnt": 0,
+            "sendAppendRequestCnt": 0,
+            "raftIndex": raft.raftCommitIndex if raft else 0,
+            "raftTerm": raft.term if raft else 0,
+        })
+
+    async def stats_leader(self, request: web.Request) -> web.Response:
+        m = self.m
+        raft = m.raft
+        if raft is None or not raft.is_leader:
+            return self._json({"message": "not current leader"}, 403)
+        followers = {}
+        status = raft.getStatus()
+        for mm in m.state.members.values():
+            if mm["id"] == m.id:
+                continue
+            addr = peer_addr(mm["peerURLs"][0])
+            connected = status.get(f"partner_node_status_server_{addr}", 0) == 2
+            followers[mm["id"]] = {
+                "latency": {},
+                "counts": {"fail": 0 if connected else 1, "success": status.get(f"match_idx_server_{addr}", 0)},
+                "matchIndex": status.get(f"match_idx_server_{addr}", 0),
+                "connected": connected,
+            }
+        return self._json({"leader": m.id, "followers": followers})
+
+    async def stats_store(self, request: web.Request) -> web.Response:
+        m = self.m
+        stats = {k: 0 for k in (
+            "getsSuccess", "getsFail", "setsSuccess", "setsFail", "deleteSuccess", "deleteFail", "updateSuccess",
+            "updateFail", "createSuccess", "createFail", "compareAndSwapSuccess", "compareAndSwapFail",
+            "compareAndDeleteSuccess", "compareAndDeleteFail", "expireCount")}
+        stats.update(m.state.tree.stats)
+        stats["watchers"] = m.hub.count
+        return self._json(stats)
+
+    async def version(self, request: web.Request) -> web.Response:
+        from grove import __version__
+
+        return self._json({"etcdserver": SERVER_VERSION, "etcdcluster": "3.4.0", "grove": __version__})
+
+    async def health(self, request: web.Request) -> web.Response:
+        raft = self.m.raft
+        ok = raft is not None and raft.leader_addr is not None
+        if ok:
+            return self._json({"health": "true", "reason": ""})
+        return self._json({"health": "false", "reason": "RAFT NO LEADER"}, 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        m = self.m
+        raft = m.raft
+        if raft is not None:
+            m.metrics.has_leader.set(1 if raft.leader_addr else 0)
+            m.metrics.is_leader.set(1 if raft.is_leader else 0)
+            m.metrics.proposals_committed.set(raft.raftCommitIndex)
+            m.metrics.proposals_applied.set(raft.raftLastApplied)
+            m.metrics.term.set(raft.term)
+        m.metrics.proposals_pending.set(m.pending)
+        m.metrics.watchers.set(m.hub.count)
+        return web.Response(body=generate_latest(m.metrics.registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def _rfc3339(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def build_app(member: Member) -> web.Application:
+    @web.middleware
+    async def count_requests(request: web.Request, handler):
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            member.metrics.http.labels(request.method, str(exc.status)).inc()
+            raise
+        except Exception:
+            log.exception("internal error serving %s %s", request.method, request.path)
+            member.metrics.http.labels(request.method, "500").inc()
+            err = EtcdError(E.RAFT_INTERNAL, "internal server error", member.state.tree.index)
+            return error_response(member, err)
+        member.metrics.http.labels(request.method, str(resp.status)).inc()
+        return resp
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES + 64 * 1024, middlewares=[count_requests])
+    keys = KeysAPI(member)
+    cluster = ClusterAPI(member)
+    app.router.add_route("*", "/v2/keys{key:.*}", keys.handle)
+    app.router.add_get("/v2/members", cluster.members)
+    app.router.add_get("/v2/members/", cluster.members)
+    app.router.add_post("/v2/members", cluster.add_member)
+    app.router.add_post("/v2/members/", cluster.add_member)
+    app.router.add_get("/v2/members/leader", cluster.leader)
+    app.router.add_delete("/v2/members/{id}", cluster.remove_member)
+    app.router.add_put("/v2/members/{id}", cluster.update_member)
+    app.router.add_get("/v2/machines", cluster.machines)
+    app.router.add_get("/v2/stats/self", cluster.stats_self)
+    app.router.add_get("/v2/stats/leader", cluster.stats_leader)
+    app.router.add_get("/v2/stats/store", cluster.stats_store)
+    app.router.add_get("/version", cluster.version)
+    app.router.add_get("/health", cluster.health)
+    app.router.add_get("/metrics", cluster.metrics)
+    return app
+
+
+async def serve(cfg: MemberConfig, ready: asyncio.Event | None = None) -> None:
+    """Run one member until SIGINT/SIGTERM."""
+    member = Member(cfg)
+    await member.start()
+    app = build_app(member)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    sites = []
+    for url in cfg.listen_client_urls:
+        u = urlparse(url)
+        site = web.TCPSite(runner, u.hostname, u.port, backlog=1024, reuse_address=True)
+        await site.start()
+        sites.append(site)
+    log.info("member %s (%s) serving clients on %s", cfg.name, member.id, ", ".join(cfg.listen_client_urls))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("member %s stopping", cfg.name)
+        await runner.cleanup()
+        await member.stop()
