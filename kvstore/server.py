@@ -35,6 +35,10 @@ SERVER_VERSION = "3.4.0"  # the etcd API level grove's v2 API follows
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
 JSON = "application/json"
 
+# Proposal failures after which the command surely is either applied once or not at all, so
+# proposing it again (same request id) is safe.
+_RETRYABLE = {"LEADER_CHANGED", "DISCARDED", "NOT_LEADER", "MISSING_LEADER", "REQUEST_DENIED"}
+
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}
 
@@ -132,6 +136,7 @@ class Member:
         self.pending = 0
         self._tasks: list[asyncio.Task] = []
         self.removed = False
+        self._rid = 0
 
     # -------------------------------------------------------------- lifecycle
     def _initial_members(self, entries: list[tuple[str, str]]) -> list[dict]:
@@ -262,11 +267,30 @@ class Member:
 
     # ---------------------------------------------------------------- raft io
     async def propose(self, cmd: dict):
+        """Replicate a command and wait for its result.
+
+        Writes carry a request id, so when a leader change loses track of one (the old leader
+        died holding it, or its entry was overwritten) it is safe to propose it again: the state
+        machine applies an id once. That turns a failover into a delay instead of an error.
+        """
         raft = self.raft
         assert raft is not None
+        if cmd["op"] not in ("get", "expire", "noop"):
+            self._rid += 1
+            cmd["rid"] = f"{self.id}:{self.start_time:.6f}:{self._rid}"
         self.pending += 1
+        deadline = self.loop.time() + self.cfg.request_timeout  # type: ignore[union-attr]
         try:
-            return await asyncio.wait_for(raft.propose(cmd, self.loop), self.cfg.request_timeout)
+            while True:
+                remaining = deadline - self.loop.time()  # type: ignore[union-attr]
+                if remaining <= 0:
+                    raise asyncio.TimeoutError()
+                try:
+                    return await asyncio.wait_for(raft.propose(cmd, self.loop), remaining)
+                except ProposalFailed as exc:
+                    if exc.reason not in _RETRYABLE:
+                        raise
+                    await asyncio.sleep(0.01)
         except (ProposalFailed, asyncio.TimeoutError):
             self.metrics.proposals_failed.inc()
             raise

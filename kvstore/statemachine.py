@@ -7,10 +7,14 @@ space so a user's `rm -r /` cannot remove the cluster's own bookkeeping.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from .errors import EtcdError
 from .tree import DEFAULT_HISTORY_SIZE, Event, KeyTree
+
+# How many recent request ids each replica remembers to answer a retried proposal.
+DEDUP_WINDOW = 50_000
 
 
 class StateMachine:
@@ -20,9 +24,26 @@ class StateMachine:
         self.cluster_id: str | None = None
         # member id (16 hex digits) -> {"id", "name", "peerURLs", "clientURLs"}
         self.members: dict[str, dict[str, Any]] = {}
+        # Request id -> result of recently applied writes. A member that lost track of a proposal
+        # during a leader change proposes it again with the same id; applying it twice would
+        # break linearizability, so the second copy just returns the first one's result
+        # (client sessions, Raft thesis section 6.3).
+        self.recent: OrderedDict[str, Any] = OrderedDict()
 
     def apply(self, cmd: dict) -> tuple[Any, list[Event]]:
         """Apply one command; return (result, events). Errors are returned as EtcdError values."""
+        rid = cmd.get("rid")
+        if rid is not None:
+            if rid in self.recent:
+                return self.recent[rid], []
+            result, events = self._apply(cmd)
+            self.recent[rid] = result
+            if len(self.recent) > DEDUP_WINDOW:
+                self.recent.popitem(last=False)
+            return result, events
+        return self._apply(cmd)
+
+    def _apply(self, cmd: dict) -> tuple[Any, list[Event]]:
         op = cmd["op"]
         if op.startswith("member_") or op == "bootstrap":
             return self._apply_cluster(cmd), []
@@ -70,9 +91,32 @@ class StateMachine:
         return None
 
     def to_snapshot(self) -> dict:
-        return {"tree": self.tree.to_snapshot(), "cluster_id": self.cluster_id, "members": self.members}
+        return {
+            "tree": self.tree.to_snapshot(),
+            "cluster_id": self.cluster_id,
+            "members": self.members,
+            "recent": [[rid, _encode_result(r)] for rid, r in self.recent.items()],
+        }
 
     def load_snapshot(self, snap: dict) -> None:
         self.tree = KeyTree.from_snapshot(snap["tree"], self.history_size)
         self.cluster_id = snap.get("cluster_id")
         self.members = {k: dict(v) for k, v in snap.get("members", {}).items()}
+        self.recent = OrderedDict((rid, _decode_result(r)) for rid, r in snap.get("recent", []))
+
+
+def _encode_result(r: Any) -> Any:
+    if isinstance(r, Event):
+        return {"event": dict(r), "index": r.index, "refresh": r.refresh}
+    if isinstance(r, EtcdError):
+        return {"error": r.to_dict()}
+    return {"value": r}
+
+
+def _decode_result(d: dict) -> Any:
+    if "event" in d:
+        body = d["event"]
+        return Event(body["action"], body["node"], body.get("prevNode"), d["index"], d["refresh"])
+    if "error" in d:
+        return EtcdError.from_dict(d["error"])
+    return d.get("value")
