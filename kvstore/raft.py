@@ -91,6 +91,8 @@ class RaftNode(SyncObj):
             raftMinTimeout=tuning.election_timeout,
             raftMaxTimeout=tuning.election_timeout * 2,
             connectionTimeout=max(3.5, tuning.election_timeout * 4),
+            # Reconnect quickly to a peer that restarted: a failover needs both survivors connected.
+            connectionRetryTime=min(5.0, max(0.1, tuning.heartbeat * 4)),
             leaderFallbackTimeout=max(2.0, tuning.election_timeout * 5),
             logCompactionMinEntries=tuning.snapshot_count,
             logCompactionMinTime=tuning.snapshot_interval,
