@@ -61,6 +61,8 @@ def kv() -> None:
 @click.option("--request-timeout", default=5.0, show_default=True, type=float, help="Seconds a write may wait.")
 @click.option("--peer-password-file", default=None, type=click.Path(dir_okay=False),
               help="Encrypt peer traffic with the password in this file (all members must share it).")
+@click.option("--batch-proposals/--no-batch-proposals", default=True, show_default=True,
+              help="Propose the writes that arrive together as one Raft entry.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(**o) -> None:
     """Run one store member (flags mirror etcd's)."""
@@ -99,6 +101,7 @@ def serve(**o) -> None:
         history_size=o["history_size"],
         request_timeout=o["request_timeout"],
         peer_password=password,
+        batch_proposals=o["batch_proposals"],
         tuning=RaftTuning(
             heartbeat=o["heartbeat_interval"] / 1000.0,
             election_timeout=o["election_timeout"] / 1000.0,

@@ -42,6 +42,7 @@ _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 _JSON = {"Content-Type": "application/json"}
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+_MAX_CONNECTIONS = 256  # per client, for requests (watches have their own pool)
 # Raised by aiohttp (or the socket under it) when an endpoint is down, unreachable or hangs up.
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
 # HTTP status etcd gives each error code (default 400); used for errors sent inside a stream.
@@ -231,10 +232,13 @@ class KVClient:
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self._current = 0
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # Bound the endpoint (connecting, silence while answering), not time queued for a pooled
+        # connection: a long queue in this process is no reason to fail over.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         # A watch may wait for its event as long as it likes; only connecting is bounded.
         self._watch_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
         self._streams: dict[str, bool] = {}  # endpoint -> does it stream (X-Grove-Stream)?
 
     @property
@@ -245,10 +249,20 @@ class KVClient:
     def _open_session(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None or session.closed:
-            # No connection limit: every watch holds a connection, and a limit would starve requests.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            # Bounded: a burst of thousands of requests reuses connections instead of opening one each.
+            connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=300)
             session = self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return session
+
+    def _open_watch_session(self) -> aiohttp.ClientSession:
+        session = self._watch_session
+        if session is None or session.closed:
+            # Unbounded and apart from requests: each watch holds its connection while it waits.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            session = self._watch_session = aiohttp.ClientSession(
+                connector=connector, timeout=self._watch_timeout, cookie_jar=aiohttp.DummyCookieJar()
             )
         return session
 
@@ -433,7 +447,7 @@ class KVClient:
         self, key: str, index: int | None, recursive: bool, stream: bool
     ) -> AsyncIterator[EtcdResponse]:
         base = key_path(key) + ("?wait=true&recursive=true" if recursive else "?wait=true")
-        session = self._open_session()
+        session = self._open_watch_session()
         next_index = index
         retry = None
         idle = 0  # answers in a row that ended without an event
@@ -449,7 +463,7 @@ class KVClient:
             failure: BaseException | None = None
             event = None
             try:
-                resp = await session.get(URL(url, encoded=True), timeout=self._watch_timeout)
+                resp = await session.get(URL(url, encoded=True))
             except _CONNECTION_ERRORS as exc:
                 failure = exc
             else:
@@ -582,9 +596,11 @@ class KVClient:
         return orjson.loads(data)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        sessions = (self._session, self._watch_session)
+        self._session = self._watch_session = None
+        for session in sessions:
+            if session is not None:
+                await session.close()
 
     async def __aenter__(self) -> Self:
         return self

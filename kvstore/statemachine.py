@@ -31,7 +31,18 @@ class StateMachine:
         self.recent: OrderedDict[str, Any] = OrderedDict()
 
     def apply(self, cmd: dict) -> tuple[Any, list[Event]]:
-        """Apply one command; return (result, events). Errors are returned as EtcdError values."""
+        """Apply one command; return (result, events). Errors are returned as EtcdError values.
+
+        A `batch` command (several clients' writes proposed as one Raft entry) applies each in
+        order and returns the list of their results.
+        """
+        if cmd["op"] == "batch":
+            results, events = [], []
+            for sub in cmd["cmds"]:
+                r, evs = self.apply(sub)
+                results.append(r)
+                events.extend(evs)
+            return results, events
         rid = cmd.get("rid")
         if rid is not None:
             if rid in self.recent:
