@@ -462,6 +462,7 @@ class KVClient:
                 url += "&stream=true"
             failure: BaseException | None = None
             event = None
+            read_all = False  # a fully read answer leaves its connection reusable
             try:
                 resp = await session.get(URL(url, encoded=True))
             except _CONNECTION_ERRORS as exc:
@@ -470,6 +471,7 @@ class KVClient:
                 try:
                     if resp.status != 200:
                         data = await resp.read()
+                        read_all = True
                         failure = error_from_response(resp.status, resp.headers, data, base)
                         if resp.status < 500:
                             raise failure
@@ -507,6 +509,7 @@ class KVClient:
                                 event = await _first_event(resp, raft_index, raft_term)
                             else:
                                 event = _event(await resp.read(), raft_index, raft_term)
+                                read_all = True
                             if event is None:
                                 idle += 1
                 except EtcdError as exc:
@@ -516,7 +519,10 @@ class KVClient:
                 except _CONNECTION_ERRORS as exc:
                     failure = exc
                 finally:
-                    resp.close()
+                    if read_all:
+                        resp.release()
+                    else:
+                        resp.close()
             if event is not None:
                 idle = 0
                 next_index = event.etcd_index + 1

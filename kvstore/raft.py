@@ -19,6 +19,7 @@ import asyncio
 import base64
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -103,7 +104,31 @@ class RaftNode(SyncObj):
             bindAddress=self_addr,
         )
         self._on_leader_change = on_leader_change
+        self._tick_calls: queue.SimpleQueue = queue.SimpleQueue()
         super().__init__(self_addr, peer_addrs, conf)
+        self.addOnTickCallback(self._drain_tick_calls)
+
+    def _drain_tick_calls(self) -> None:
+        while True:
+            try:
+                fn = self._tick_calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:  # a failed call must not stop the tick thread
+                log.exception("call in the Raft thread failed")
+
+    def transfer_leadership(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """Ask the leader (this member) to hand leadership to its most caught-up follower."""
+        fut = loop.create_future()
+
+        def done(result: Any, err: int) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, True, err)
+
+        # pysyncobj's internals belong to its tick thread: run the request there.
+        self._tick_calls.put(lambda: self.transferLeadership(callback=done))
+        return fut
 
     # ----------------------------------------------------------- tick thread
     @replicated

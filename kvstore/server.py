@@ -703,21 +703,52 @@ class ClusterAPI:
         return self._json(result, 201)
 
     async def remove_member(self, request: web.Request) -> web.Response:
+        """Remove a member. Raft cannot remove its own leader, so the leader first hands over."""
         m = self.m
         mid = request.match_info["id"]
         target = m.state.members.get(mid)
         if target is None:
             return self._json({"message": f"No such member: {mid}"}, 404)
         raft = m.raft
-        assert raft is not None
+        assert raft is not None and m.loop is not None
+        addr = peer_addr(target["peerURLs"][0])
+        deadline = m.loop.time() + m.cfg.request_timeout * 2
         try:
-            await asyncio.wait_for(
-                raft.membership_change("remove", peer_addr(target["peerURLs"][0]), m.loop), m.cfg.request_timeout
-            )
+            while raft.leader_addr == addr or raft.leader_addr is None:
+                if m.loop.time() > deadline:
+                    raise asyncio.TimeoutError()
+                if raft.is_leader:
+                    try:
+                        await asyncio.wait_for(raft.transfer_leadership(m.loop), 1.0)
+                    except ProposalFailed:
+                        pass  # the follower is not caught up yet; try again
+                    await asyncio.sleep(0.1)
+                elif raft.leader_addr == addr:
+                    return await self._forward_to_leader(request)
+                else:
+                    await asyncio.sleep(0.05)
+            # Record the removal first, while the member still receives the log: that is how it
+            # learns it was removed and shuts itself down.
             await m.propose({"op": "member_remove", "id": mid})
+            await asyncio.wait_for(raft.membership_change("remove", addr, m.loop), m.cfg.request_timeout)
         except (ProposalFailed, asyncio.TimeoutError) as exc:
             return self._json({"message": f"could not remove member: {exc or 'timed out'}"}, 500)
         return web.Response(status=204, headers={"X-Etcd-Cluster-ID": m.cluster_id})
+
+    async def _forward_to_leader(self, request: web.Request) -> web.Response:
+        import aiohttp
+
+        leader = self.m.leader_member()
+        if leader is None or not leader.get("clientURLs"):
+            return self._json({"message": "During Leader Election"}, 503)
+        url = leader["clientURLs"][0] + request.path_qs
+        timeout = aiohttp.ClientTimeout(total=self.m.cfg.request_timeout * 3)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.request(request.method, url, data=await request.read()) as resp:
+                body = await resp.read()
+                return web.Response(body=body, status=resp.status,
+                                    headers={"Content-Type": resp.headers.get("Content-Type", JSON),
+                                             "X-Etcd-Cluster-ID": self.m.cluster_id})
 
     async def update_member(self, request: web.Request) -> web.Response:
         return self._json({"message": "changing a member's peer URLs is not supported; remove and add it"}, 501)
