@@ -14,6 +14,7 @@ import click
 COMMANDS: dict[str, str] = {
     "kv": "kvstore.cli:kv",
     "bench": "bench.cli:bench",
+    "images": "node.images:images",
 }
 
 
