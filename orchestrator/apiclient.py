@@ -1,0 +1,600 @@
+"""A small asyncio client of grove's (Kubernetes-compatible) API server.
+
+The scheduler, the controllers and the node agents reach the cluster's state only through this
+module and `orchestrator.watchers`: plain JSON objects (dicts) over one keep-alive aiohttp session,
+encoded and decoded with orjson. It speaks the Kubernetes API conventions, so it works against any
+API server that does. A failed request raises an `ApiError` built from the server's `kind: Status`
+body; callers branch on its subclass (`NotFound`, `Conflict`, `AlreadyExists`, `Gone`, `Invalid`,
+`Unavailable`) the way client-go callers branch on `apierrors.IsNotFound` and friends.
+
+There are no retries here: controllers retry through their work queue, informers re-list and
+re-watch with back-off, so one layer decides how hard to try.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NamedTuple, Self
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+__all__ = [
+    "CONFIGMAPS",
+    "DAEMONSETS",
+    "DEPLOYMENTS",
+    "ENDPOINTS",
+    "EVENTS",
+    "LEASES",
+    "NAMESPACES",
+    "NODES",
+    "PODS",
+    "REPLICASETS",
+    "SECRETS",
+    "SERVICES",
+    "AlreadyExists",
+    "ApiClient",
+    "ApiError",
+    "Conflict",
+    "Gone",
+    "GroupVersionResource",
+    "Invalid",
+    "NotFound",
+    "Unavailable",
+    "api_path",
+]
+
+Obj = dict[str, Any]
+
+PATCH_CONTENT_TYPES = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+    "apply": "application/apply-patch+yaml",
+}
+
+
+class GroupVersionResource(NamedTuple):
+    """A resource type; star it into a call: `client.list(*PODS, namespace="default")`."""
+
+    group: str
+    version: str
+    resource: str
+
+
+PODS = GroupVersionResource("", "v1", "pods")
+NODES = GroupVersionResource("", "v1", "nodes")
+NAMESPACES = GroupVersionResource("", "v1", "namespaces")
+SERVICES = GroupVersionResource("", "v1", "services")
+ENDPOINTS = GroupVersionResource("", "v1", "endpoints")
+SECRETS = GroupVersionResource("", "v1", "secrets")
+CONFIGMAPS = GroupVersionResource("", "v1", "configmaps")
+EVENTS = GroupVersionResource("", "v1", "events")
+LEASES = GroupVersionResource("coordination.k8s.io", "v1", "leases")
+DEPLOYMENTS = GroupVersionResource("apps", "v1", "deployments")
+REPLICASETS = GroupVersionResource("apps", "v1", "replicasets")
+DAEMONSETS = GroupVersionResource("apps", "v1", "daemonsets")
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """A request the server refused: HTTP status, the Status `reason` and `message`.
+
+    `details` and `body` keep the rest of the Status (e.g. an Invalid's causes).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(status, reason, message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.details = dict(details or {})
+        self.body = dict(body or {})
+
+    @property
+    def code(self) -> int:
+        return self.status
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.reason}, {self.status})" if self.reason else self.message
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None, http_status: int = 0, text: str = "") -> ApiError:
+        """The ApiError subclass a Status body (or a bare HTTP status and text) stands for."""
+        status = status or {}
+        code = status.get("code") or http_status
+        if not isinstance(code, int):
+            code = http_status
+        reason = str(status.get("reason") or "")
+        message = str(status.get("message") or text or f"the server answered HTTP {code}")
+        details = status.get("details") if isinstance(status.get("details"), dict) else None
+        kind: type[ApiError] = ApiError
+        if code == 404:
+            kind = NotFound
+        elif code == 409:
+            kind = AlreadyExists if reason == "AlreadyExists" else Conflict
+        elif code == 410:
+            kind = Gone
+        elif code == 422:
+            kind = Invalid
+        elif code in (503, 504) or reason in ("ServiceUnavailable", "Timeout", "ServerTimeout"):
+            kind = Unavailable
+        return kind(code, reason, message, details=details, body=status)
+
+
+class NotFound(ApiError):
+    """404: the object (or its namespace, or the path) does not exist."""
+
+
+class Conflict(ApiError):
+    """409 Conflict: the object changed since it was read (stale resourceVersion or precondition)."""
+
+
+class AlreadyExists(ApiError):
+    """409 AlreadyExists: create of a name that is taken."""
+
+
+class Gone(ApiError):
+    """410 Expired/Gone: the resourceVersion is too old to watch from; list again."""
+
+
+class Invalid(ApiError):
+    """422: the object failed validation; `details["causes"]` says which fields."""
+
+
+class Unavailable(ApiError):
+    """The server is unreachable (status 0) or said 503/504; worth retrying later."""
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+def api_path(
+    group: str,
+    version: str,
+    resource: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The REST path of a collection, an object or a subresource, e.g.
+    `/apis/apps/v1/namespaces/default/deployments/web/scale`."""
+    parts = ["/api/" + version if not group else f"/apis/{group}/{version}"]
+    if namespace:
+        parts.append("namespaces/" + quote(namespace, safe=""))
+    parts.append(resource)
+    if name is not None:
+        if not name:
+            raise ValueError(f"an empty name does not address a {resource} object")
+        parts.append(quote(name, safe=""))
+        if subresource:
+            parts.append(subresource)
+    return "/".join(parts)
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _params(**kwargs: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in kwargs.items():
+        if v is None or v is False:
+            continue
+        out[k] = "true" if v is True else str(v)
+    return out
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+class ApiClient:
+    """One API server, one keep-alive session. Use as `async with ApiClient(url) as client:` or
+    call `close()`. A client belongs to the event loop it is first used in."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str = "grove",
+    ) -> None:
+        self.server_url = server_url.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"Accept": "application/json", "User-Agent": user_agent, **(headers or {})}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                headers=self._headers,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    # --- the one request path -----------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        """Send one request; the decoded JSON answer, or an ApiError."""
+        data = None
+        headers = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            headers = {"Content-Type": content_type}
+        url = self.server_url + path
+        try:
+            async with self._client().request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except TimeoutError:
+            raise Unavailable(0, "Timeout", f"{method} {url}: no answer within {self.timeout}s") from None
+        except aiohttp.ClientError as exc:
+            raise Unavailable(0, "ServiceUnavailable", f"{method} {url}: {exc}") from None
+        try:
+            decoded = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            decoded = None
+        if status >= 400:
+            status_body = decoded if isinstance(decoded, dict) and decoded.get("kind") == "Status" else None
+            text = raw[:500].decode(errors="replace").strip() if status_body is None else ""
+            raise ApiError.from_status(status_body, status, text or f"{method} {url}: HTTP {status}")
+        if not isinstance(decoded, dict):
+            raise ApiError(status, "InternalError", f"{method} {url}: the answer is not a JSON object")
+        return decoded
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    async def get(
+        self,
+        group_or_path: str,
+        version: str | None = None,
+        resource: str | None = None,
+        name: str | None = None,
+        *,
+        namespace: str | None = None,
+        subresource: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Obj:
+        """GET one object: `get("", "v1", "pods", "web-1", namespace="default")`, or a raw path:
+        `get("/api/v1/namespaces/default/pods/web-1")`."""
+        if version is None:
+            path = group_or_path
+        else:
+            if resource is None or name is None:
+                raise TypeError("get(group, version, resource, name) needs the resource and the name")
+            path = api_path(group_or_path, version, resource, namespace, name, subresource)
+        return await self.request("GET", path, params=params)
+
+    async def list(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        resource_version: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> Obj:
+        """One List (items, metadata.resourceVersion, metadata.continue when `limit` cut it short)."""
+        params = _params(
+            labelSelector=label_selector,
+            fieldSelector=field_selector,
+            resourceVersion=resource_version,
+            limit=limit,
+        )
+        if continue_token:
+            params["continue"] = continue_token
+        return await self.request("GET", api_path(group, version, resource, namespace), params=params)
+
+    async def list_all(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+    ) -> tuple[list[Obj], str]:
+        """Every matching object, following `continue` pages; and the first page's resourceVersion."""
+        items: list[Obj] = []
+        token: str | None = None
+        rv = ""
+        while True:
+            page = await self.list(
+                group,
+                version,
+                resource,
+                namespace,
+                label_selector,
+                field_selector,
+                limit=page_size,
+                continue_token=token,
+            )
+            items.extend(page.get("items") or ())
+            meta = _meta(page)
+            rv = rv or str(meta.get("resourceVersion") or "")
+            token = meta.get("continue") or None
+            if not token:
+                return items, rv
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        obj: Obj,
+        *,
+        namespace: str | None = None,
+        field_manager: str | None = None,
+        dry_run: bool = False,
+    ) -> Obj:
+        """POST a new object (namespace from the argument or the object's metadata)."""
+        ns = namespace or _meta(obj).get("namespace")
+        params = _params(fieldManager=field_manager, dryRun="All" if dry_run else None)
+        return await self.request("POST", api_path(group, version, resource, ns), params=params, body=obj)
+
+    async def update(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        obj: Obj,
+        *,
+        namespace: str | None = None,
+        subresource: str | None = None,
+        field_manager: str | None = None,
+    ) -> Obj:
+        """PUT the object back; with metadata.resourceVersion set a stale write raises Conflict."""
+        meta = _meta(obj)
+        ns = namespace or meta.get("namespace")
+        path = api_path(group, version, resource, ns, meta.get("name") or "", subresource)
+        return await self.request("PUT", path, params=_params(fieldManager=field_manager), body=obj)
+
+    async def update_status(
+        self, group: str, version: str, resource: str, obj: Obj, *, namespace: str | None = None
+    ) -> Obj:
+        """PUT the status subresource (the server keeps everything but .status)."""
+        return await self.update(group, version, resource, obj, namespace=namespace, subresource="status")
+
+    async def patch(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        patch_type: str = "merge",
+        field_manager: str | None = None,
+        force: bool = False,
+        subresource: str | None = None,
+    ) -> Obj:
+        """PATCH an object. patch_type: merge (RFC 7386), strategic, json (RFC 6902, a list of
+        operations) or apply (server-side apply; needs field_manager)."""
+        try:
+            content_type = PATCH_CONTENT_TYPES[patch_type]
+        except KeyError:
+            raise ValueError(
+                f"patch_type must be one of {', '.join(PATCH_CONTENT_TYPES)}, not {patch_type!r}"
+            ) from None
+        if patch_type == "apply" and not field_manager:
+            raise ValueError("a server-side apply patch needs a field_manager")
+        params = _params(fieldManager=field_manager, force=force if patch_type == "apply" else None)
+        path = api_path(group, version, resource, namespace, name, subresource)
+        return await self.request("PATCH", path, params=params, body=patch, content_type=content_type)
+
+    async def delete(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        name: str,
+        *,
+        namespace: str | None = None,
+        grace_period_seconds: int | None = None,
+        propagation_policy: str | None = None,
+        preconditions: Mapping[str, str] | None = None,
+    ) -> Obj:
+        """DELETE an object; the answer is the object (when deletion is graceful or held by
+        finalizers) or a Success Status. preconditions: {"uid": ..., "resourceVersion": ...}."""
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        if propagation_policy is not None:
+            options["propagationPolicy"] = propagation_policy
+        if preconditions:
+            options["preconditions"] = dict(preconditions)
+        path = api_path(group, version, resource, namespace, name)
+        return await self.request("DELETE", path, body=options)
+
+    async def bind(self, namespace: str, name: str, node: str, *, uid: str | None = None) -> Obj:
+        """Bind a pod to a node (POST pods/{name}/binding), as the scheduler does."""
+        meta: Obj = {"name": name, "namespace": namespace}
+        if uid:
+            meta["uid"] = uid
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": meta,
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
+        return await self.request(
+            "POST", api_path("", "v1", "pods", namespace, name, "binding"), body=binding
+        )
+
+    async def create_event(
+        self,
+        involved_object: Obj,
+        reason: str,
+        message: str,
+        *,
+        type: str = "Normal",
+        component: str = "grove",
+        host: str | None = None,
+        action: str | None = None,
+    ) -> Obj:
+        """Record a core/v1 Event about an object (the server aggregates repeats into a count).
+
+        Events of cluster-scoped objects (nodes) go to the `default` namespace, as kubectl expects.
+        """
+        meta = _meta(involved_object)
+        api_version = involved_object.get("apiVersion", "v1")
+        ref: Obj = {"apiVersion": api_version, "kind": involved_object.get("kind", "")}
+        for field in ("namespace", "name", "uid", "resourceVersion"):
+            if meta.get(field):
+                ref[field] = meta[field]
+        namespace = meta.get("namespace") or "default"
+        now = _now_rfc3339()
+        source: Obj = {"component": component}
+        if host:
+            source["host"] = host
+        event: Obj = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta.get('name', 'event')}.{time.time_ns():x}", "namespace": namespace},
+            "involvedObject": ref,
+            "reason": reason,
+            "message": message,
+            "type": type,
+            "source": source,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "reportingComponent": component,
+            "reportingInstance": host or "",
+        }
+        if action:
+            event["action"] = action
+        return await self.request("POST", api_path("", "v1", "events", namespace), body=event)
+
+    # --- watch ----------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        group: str,
+        version: str,
+        resource: str,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """Stream (type, object) of ADDED/MODIFIED/DELETED/BOOKMARK events after `resource_version`.
+
+        Ends when the server ends the watch (timeoutSeconds). An ERROR event or an HTTP error
+        raises the ApiError it carries — `Gone` when the version is too old (list again); a
+        dropped connection raises `Unavailable`.
+        """
+        params = _params(
+            watch="true",
+            resourceVersion=resource_version,
+            labelSelector=label_selector,
+            fieldSelector=field_selector,
+            timeoutSeconds=timeout_seconds,
+            allowWatchBookmarks=allow_bookmarks or None,
+        )
+        url = self.server_url + api_path(group, version, resource, namespace)
+        # No read deadline: a quiet watch is a healthy one. A server that dies closes the socket.
+        total = timeout_seconds + 30 if timeout_seconds else None
+        try:
+            async with self._client().get(
+                url, params=params, timeout=aiohttp.ClientTimeout(total=total, sock_connect=self.timeout)
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    try:
+                        body = orjson.loads(raw) if raw else None
+                    except orjson.JSONDecodeError:
+                        body = None
+                    status_body = body if isinstance(body, dict) and body.get("kind") == "Status" else None
+                    raise ApiError.from_status(status_body, resp.status, raw[:500].decode(errors="replace"))
+                buf = b""
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        event = _decode_event(line)
+                        if event is not None:
+                            yield event
+                event = _decode_event(buf)
+                if event is not None:
+                    yield event
+        except TimeoutError:
+            raise Unavailable(0, "Timeout", f"watch {url}: timed out") from None
+        except aiohttp.ClientError as exc:
+            raise Unavailable(0, "ServiceUnavailable", f"watch {url}: {exc}") from None
+
+
+def _decode_event(line: bytes) -> tuple[str, Obj] | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise ApiError(
+            0, "InternalError", f"the watch sent a line that is not JSON: {line[:200]!r}"
+        ) from None
+    kind = event.get("type") if isinstance(event, dict) else None
+    obj = event.get("object") if isinstance(event, dict) else None
+    if not isinstance(kind, str) or not isinstance(obj, dict):
+        raise ApiError(0, "InternalError", f"the watch sent an event without type/object: {line[:200]!r}")
+    if kind == "ERROR":
+        raise ApiError.from_status(obj, int(obj.get("code") or 500))
+    return kind, obj
