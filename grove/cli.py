@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "kv": "kvstore.cli:kv",
     "bench": "bench.cli:bench",
     "images": "node.images:images",
+    "apiserver": "orchestrator.cli:apiserver",
+    "kubeconfig": "orchestrator.cli:kubeconfig",
 }
 
 
