@@ -135,7 +135,11 @@ class RaftNode(SyncObj):
     def _apply(self, payload: bytes) -> Any:
         cmd = orjson.loads(payload)
         with self.lock:
-            result, events = self.state.apply(cmd)
+            try:
+                result, events = self.state.apply(cmd)
+            except Exception as exc:  # every replica fails the same way; keep the tick thread alive
+                log.exception("applying %s failed", cmd.get("op"))
+                result, events = EtcdError(300, f"applying the command failed: {exc}"), []
             self.applied_commands += 1
         if events and self._on_events is not None:
             self._on_events(events)

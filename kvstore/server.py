@@ -16,7 +16,8 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+import re
+from urllib.parse import unquote_to_bytes, urlparse
 
 import orjson
 from aiohttp import web
@@ -34,6 +35,8 @@ log = logging.getLogger("grove.kv")
 SERVER_VERSION = "3.4.0"  # the etcd API level grove's v2 API follows
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes default (1.5 MiB)
 JSON = "application/json"
+MAX_UINT64 = 2**64 - 1
+MAX_TTL = 100 * 365 * 86400  # longer TTLs are clamped to a century; expiry times stay representable
 
 # Proposal failures after which the command surely is either applied once or not at all, so
 # proposing it again (same request id) is safe.
@@ -338,7 +341,14 @@ class Member:
         else:
             cmd = {"op": "batch", "cmds": [c for c, _ in batch]}
         self.metrics.batch_size.observe(len(batch))
-        inner = raft.propose(cmd, self.loop)
+        try:
+            inner = raft.propose(cmd, self.loop)
+        except Exception as exc:  # e.g. a value JSON cannot carry: fail these requests, not the member
+            log.exception("could not propose a command")
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(ProposalFailed(f"cannot encode command: {exc}"))
+            return
 
         def done(inner: asyncio.Future) -> None:
             exc = inner.exception()
@@ -388,7 +398,7 @@ def _bool(form, name: str) -> bool:
         return True
     if v in _FALSE:
         return False
-    raise EtcdError(E.INVALID_FIELD, f"invalid value for {name}")
+    raise EtcdError(E.INVALID_FIELD, f'invalid value for "{name}"')
 
 
 def _uint(form, name: str, code: int) -> int | None:
@@ -397,11 +407,31 @@ def _uint(form, name: str, code: int) -> int | None:
         return None
     try:
         n = int(v, 10)
-        if n < 0:
+        if n < 0 or n > MAX_UINT64:
             raise ValueError
         return n
     except ValueError:
-        raise EtcdError(code, f"invalid value for {name}") from None
+        raise EtcdError(code, f'invalid value for "{name}"') from None
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def parse_form(raw: bytes) -> dict[str, str]:
+    """Decode `a=1&b=2` strictly, as Go's ParseForm does: a bad %-escape is etcd's error 210."""
+    bad = _BAD_ESCAPE.search(raw)
+    if bad:
+        snippet = raw[bad.start() : bad.start() + 3].decode("utf-8", "replace")
+        raise EtcdError(E.INVALID_FORM, f'invalid URL escape "{snippet}"')
+    form: dict[str, str] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        k, _, v = part.partition(b"=")
+        name = unquote_to_bytes(k.replace(b"+", b" ")).decode("utf-8", "replace")
+        if name not in form:  # the first value wins, like r.FormValue
+            form[name] = unquote_to_bytes(v.replace(b"+", b" ")).decode("utf-8", "replace")
+    return form
 
 
 def error_response(member: Member, err: EtcdError, head: bool = False) -> web.Response:
@@ -436,17 +466,15 @@ class KeysAPI:
                     E.INVALID_FORM, f"request is too large (limit {MAX_REQUEST_BYTES} bytes)", 0,
                     message="Invalid POST form",
                 )
-            form = dict(request.query)
+            form = parse_form(request.raw_path.partition("?")[2].encode())
             if method in ("PUT", "POST", "DELETE") and request.can_read_body:
                 ctype = request.content_type
-                if ctype in ("application/x-www-form-urlencoded", "") or ctype.startswith("multipart/"):
-                    try:
-                        body = await request.post()
-                    except Exception:
-                        raise EtcdError(E.INVALID_FORM, "malformed form body") from None
-                    for k in body:
-                        v = body.get(k)
-                        form[k] = v if isinstance(v, str) else ""
+                try:
+                    raw = await request.read()
+                except web.HTTPException:
+                    raise EtcdError(E.INVALID_FORM, f"request is too large (limit {MAX_REQUEST_BYTES} bytes)") from None
+                if ctype in ("application/x-www-form-urlencoded", "application/octet-stream", ""):
+                    form.update(parse_form(raw))  # the body wins over the query string, as in Go
             raw_key = request.match_info.get("key", "")
             if "\x00" in raw_key:
                 raise EtcdError(E.INVALID_FIELD, "key must not contain a NUL byte")
@@ -574,10 +602,10 @@ class KeysAPI:
         try:
             n = int(v, 10)
         except ValueError:
-            raise EtcdError(E.TTL_NAN, "invalid value for ttl") from None
-        if n < 0:
-            raise EtcdError(E.TTL_NAN, "invalid value for ttl")
-        return n
+            raise EtcdError(E.TTL_NAN, 'invalid value for "ttl"') from None
+        if n < 0 or n > MAX_UINT64:
+            raise EtcdError(E.TTL_NAN, 'invalid value for "ttl"')
+        return min(n, MAX_TTL)
 
     def _value(self, form: dict) -> str:
         v = form.get("value", "")

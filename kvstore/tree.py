@@ -246,12 +246,28 @@ class KeyTree:
                 return None
         return node
 
+    def _lookup(self, key: str) -> Node:
+        """Like `_find`, but raise etcd's error: the first missing component, or a file in the way."""
+        if key == "/":
+            return self.root
+        node = self.root
+        for seg in key[1:].split("/"):
+            if node.children is None:
+                raise EtcdError(E.NOT_DIR, node.key, self.index)
+            child = node.children.get(seg)
+            if child is None:
+                missing = ("/" + seg) if node.key == "/" else node.key + "/" + seg
+                raise EtcdError(E.KEY_NOT_FOUND, missing, self.index)
+            node = child
+        return node
+
     def get(self, key: str, recursive: bool = False, sort: bool = False, now: float = 0.0) -> dict:
         key = clean_key(key)
-        node = self._find(key)
-        if node is None:
+        try:
+            node = self._lookup(key)
+        except EtcdError:
             self._count("getsFail")
-            raise EtcdError(E.KEY_NOT_FOUND, key, self.index)
+            raise
         self._count("getsSuccess")
         return {"action": GET, "node": node.to_json(now, recursive, sort)}
 
@@ -374,9 +390,7 @@ class KeyTree:
         now = cmd["now"]
         if key == "/":
             raise EtcdError(E.ROOT_READ_ONLY, "/", self.index)
-        node = self._find(key)
-        if node is None:
-            raise EtcdError(E.KEY_NOT_FOUND, key, self.index)
+        node = self._lookup(key)
         if cmd.get("refresh"):
             return self._refresh(node, cmd, UPDATE)
         value = cmd.get("value", "")
@@ -408,9 +422,7 @@ class KeyTree:
         now = cmd["now"]
         if key == "/":
             raise EtcdError(E.ROOT_READ_ONLY, "/", self.index)
-        node = self._find(key)
-        if node is None:
-            raise EtcdError(E.KEY_NOT_FOUND, key, self.index)
+        node = self._lookup(key)
         if node.is_dir:
             raise EtcdError(E.NOT_FILE, key, self.index)
         self._compare(node, cmd.get("prevValue"), cmd.get("prevIndex"))
@@ -430,9 +442,7 @@ class KeyTree:
         as_dir = cmd.get("dir", False) or recursive
         if key == "/":
             raise EtcdError(E.ROOT_READ_ONLY, "/", self.index)
-        node = self._find(key)
-        if node is None:
-            raise EtcdError(E.KEY_NOT_FOUND, key, self.index)
+        node = self._lookup(key)
         if node.is_dir:
             if not as_dir:
                 raise EtcdError(E.NOT_FILE, key, self.index)
@@ -456,9 +466,7 @@ class KeyTree:
         now = cmd["now"]
         if key == "/":
             raise EtcdError(E.ROOT_READ_ONLY, "/", self.index)
-        node = self._find(key)
-        if node is None:
-            raise EtcdError(E.KEY_NOT_FOUND, key, self.index)
+        node = self._lookup(key)
         if node.is_dir:
             raise EtcdError(E.NOT_FILE, key, self.index)
         self._compare(node, cmd.get("prevValue"), cmd.get("prevIndex"))
