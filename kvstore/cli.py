@@ -216,6 +216,14 @@ def _run(fn):
         sys.exit(4)
 
 
+def print_response(action: str, node: dict, prev_node: dict | None) -> None:
+    """etcdctl's "simple" output: the new value, or the old one for a delete."""
+    if action != "delete":
+        click.echo(node.get("value", ""))
+    else:
+        click.echo(f"PrevNode.Value: {(prev_node or {}).get('value', '')}")
+
+
 @kv.command()
 @endpoints_option
 @click.option("--quorum", is_flag=True, help="Linearizable read through the Raft log.")
@@ -278,8 +286,8 @@ def rm(endpoints: str, is_dir: bool, recursive: bool, with_value: str | None, wi
     with _client(endpoints) as c:
         r = _run(lambda: c.delete(key, recursive=recursive, dir=is_dir, prev_value=with_value,
                                   prev_index=with_index))
-    if r.prev_node and "value" in r.prev_node:
-        click.echo(f"PrevNode.Value: {r.prev_node['value']}")
+    if not r.node.get("dir"):
+        print_response(r.action, r.node, r.prev_node)
 
 
 @kv.command()
@@ -317,15 +325,18 @@ def watch(endpoints: str, forever: bool, recursive: bool, after_index: int, key:
     with _client(endpoints) as c:
         if not forever:
             r = _run(lambda: c.watch(key, index=index, recursive=recursive))
-            click.echo(r.node.get("value", ""))
+            if recursive:
+                click.echo(f"[{r.action}] {r.node.get('key')}")
+            print_response(r.action, r.node, r.prev_node)
             return
         try:
             stream = c.watch_stream(key, index=index, recursive=recursive)
 
             def loop():
                 for ev in stream:
-                    click.echo(f"[{ev.action}] {ev.node.get('key')}")
-                    click.echo(ev.node.get("value", ""))
+                    if recursive:
+                        click.echo(f"[{ev.action}] {ev.node.get('key')}")
+                    print_response(ev.action, ev.node, ev.prev_node)
 
             _run(loop)
         except KeyboardInterrupt:
