@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "images": "node.images:images",
     "apiserver": "orchestrator.cli:apiserver",
     "kubeconfig": "orchestrator.cli:kubeconfig",
+    "up": "grove.up:up",
+    "down": "grove.up:down",
 }
 
 

@@ -21,7 +21,7 @@ STATE_DIR = os.path.join(".grove", "demo-kv")
 
 
 def main() -> None:
-    console = Console()
+    console = Console(soft_wrap=True)
     console.rule("[bold]grove demo: a three-member Raft key-value store (etcd v2 API)")
     os.makedirs(STATE_DIR, exist_ok=True)
     cluster = GroveCluster(3, STATE_DIR)

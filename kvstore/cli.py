@@ -67,7 +67,8 @@ def kv() -> None:
 def serve(**o) -> None:
     """Run one store member (flags mirror etcd's)."""
     from .raft import RaftTuning
-    from .server import MemberConfig, parse_initial_cluster, peer_addr, serve as run
+    from .server import MemberConfig, parse_initial_cluster, peer_addr
+    from .server import serve as run
 
     logging.basicConfig(level=o["log_level"].upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pysyncobj").setLevel(logging.WARNING if o["log_level"] != "debug" else logging.DEBUG)
@@ -140,7 +141,7 @@ def cluster(size: int, data_dir: str, snapshot_count: int | None) -> None:
 
     from .localcluster import ClusterError, GroveCluster
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     os.makedirs(data_dir, exist_ok=True)
     ports = None
     if not os.path.exists(os.path.join(data_dir, "ports.json")):

@@ -35,7 +35,7 @@ async def discover(url: str, member_id: str, name: str, peer_url: str, timeout: 
                         body = await resp.read()
                         data = orjson.loads(body) if body.strip() else {}
                         return resp.status, data, dict(resp.headers)
-                except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError) as exc:
+                except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError) as exc:
                     if asyncio.get_running_loop().time() > deadline:
                         raise DiscoveryError(f"discovery: cannot reach {target}: {exc}") from exc
                     log.warning("discovery: %s unreachable (%s); retrying", target, exc)
@@ -73,5 +73,5 @@ async def discover(url: str, member_id: str, name: str, peer_url: str, timeout: 
                 await asyncio.wait_for(
                     call("GET", f"{url}?wait=true&recursive=true&waitIndex={index}"), timeout=5.0
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

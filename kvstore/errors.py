@@ -97,5 +97,5 @@ class EtcdError(Exception):
         return {"errorCode": self.code, "message": self.message, "cause": self.cause, "index": self.index}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EtcdError":
+    def from_dict(cls, d: dict) -> EtcdError:
         return cls(int(d["errorCode"]), d.get("cause", ""), int(d.get("index", 0)), d.get("message"))

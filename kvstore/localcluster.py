@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Callable
+from collections.abc import Callable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,7 +125,7 @@ class GroveCluster:
             start_new_session=True,
         )
 
-    def start(self, timeout: float = 30.0, progress: Callable[[str], None] | None = None) -> "GroveCluster":
+    def start(self, timeout: float = 30.0, progress: Callable[[str], None] | None = None) -> GroveCluster:
         try:
             for i in range(self.size):
                 self._spawn(i)
@@ -238,7 +238,7 @@ class GroveCluster:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "GroveCluster":
+    def __enter__(self) -> GroveCluster:
         if all(p is None for p in self.procs):
             self.start()
         return self

@@ -22,8 +22,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated

@@ -13,10 +13,10 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
-import re
 from urllib.parse import unquote_to_bytes, urlparse
 
 import orjson
@@ -27,7 +27,7 @@ from . import errors as E
 from .errors import EtcdError
 from .raft import ProposalFailed, RaftNode, RaftTuning
 from .statemachine import StateMachine
-from .tree import CREATE, SET, DEFAULT_HISTORY_SIZE, clean_key
+from .tree import CREATE, DEFAULT_HISTORY_SIZE, SET, clean_key
 from .watch import Waiter, WatchHub
 
 log = logging.getLogger("grove.kv")
@@ -254,7 +254,7 @@ class Member:
                         self.removed = True
                         os.kill(os.getpid(), signal.SIGTERM)
                         return
-            except (EtcdError, ProposalFailed, asyncio.TimeoutError):
+            except (TimeoutError, EtcdError, ProposalFailed):
                 pass
             await asyncio.sleep(0.2 if not getattr(self, "known_in_cluster", False) else 1.0)
 
@@ -270,7 +270,7 @@ class Member:
                 if nxt is not None and nxt <= now:
                     try:
                         await self.propose({"op": "expire", "now": now})
-                    except (ProposalFailed, asyncio.TimeoutError):
+                    except (TimeoutError, ProposalFailed):
                         pass
                     delay = 0.05
                 elif nxt is not None:
@@ -296,14 +296,14 @@ class Member:
             while True:
                 remaining = deadline - self.loop.time()  # type: ignore[union-attr]
                 if remaining <= 0:
-                    raise asyncio.TimeoutError()
+                    raise TimeoutError()
                 try:
                     return await asyncio.wait_for(self._submit(cmd), remaining)
                 except ProposalFailed as exc:
                     if exc.reason not in _RETRYABLE:
                         raise
                     await asyncio.sleep(0.01)
-        except (ProposalFailed, asyncio.TimeoutError):
+        except (TimeoutError, ProposalFailed):
             self.metrics.proposals_failed.inc()
             raise
         finally:
@@ -508,7 +508,7 @@ class KeysAPI:
         t0 = time.perf_counter()
         try:
             result = await m.propose(cmd)
-        except (ProposalFailed, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ProposalFailed) as exc:
             return error_response(m, raft_error(m, exc))
         m.metrics.latency.observe(time.perf_counter() - t0)
         return self._respond(result)
@@ -530,7 +530,7 @@ class KeysAPI:
             try:
                 result = await m.propose({"op": "get", "key": key, "recursive": recursive, "sorted": sort,
                                           "now": time.time()})
-            except (ProposalFailed, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ProposalFailed) as exc:
                 raise raft_error(m, exc) from None
             return self._respond(result, head)
         raft = m.raft
@@ -724,7 +724,7 @@ class ClusterAPI:
         try:
             await asyncio.wait_for(raft.membership_change("add", peer_addr(urls[0]), m.loop), m.cfg.request_timeout)
             result = await m.propose({"op": "member_add", "member": new})
-        except (ProposalFailed, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ProposalFailed) as exc:
             return self._json({"message": f"could not add member: {exc or 'timed out'}"}, 500)
         if isinstance(result, EtcdError):
             return self._json({"message": result.message}, 409)
@@ -744,7 +744,7 @@ class ClusterAPI:
         try:
             while raft.leader_addr == addr or raft.leader_addr is None:
                 if m.loop.time() > deadline:
-                    raise asyncio.TimeoutError()
+                    raise TimeoutError()
                 if raft.is_leader:
                     try:
                         await asyncio.wait_for(raft.transfer_leadership(m.loop), 1.0)
@@ -759,7 +759,7 @@ class ClusterAPI:
             # learns it was removed and shuts itself down.
             await m.propose({"op": "member_remove", "id": mid})
             await asyncio.wait_for(raft.membership_change("remove", addr, m.loop), m.cfg.request_timeout)
-        except (ProposalFailed, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ProposalFailed) as exc:
             return self._json({"message": f"could not remove member: {exc or 'timed out'}"}, 500)
         return web.Response(status=204, headers={"X-Etcd-Cluster-ID": m.cluster_id})
 

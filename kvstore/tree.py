@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import heapq
 import posixpath
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from . import errors as E
 from .errors import EtcdError
@@ -46,7 +47,7 @@ def is_hidden(watch_path: str, key: str) -> bool:
 
 def format_time(ts: float) -> str:
     """RFC 3339 with nanoseconds in UTC, as etcd writes `expiration`."""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond:06d}000Z"
 
 

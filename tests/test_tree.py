@@ -31,7 +31,10 @@ def test_clean_key():
 def test_set_get_and_indexes():
     t = KeyTree()
     ev = run(t, "set", "/a/b", value="1")
-    assert ev == {"action": "set", "node": {"key": "/a/b", "value": "1", "modifiedIndex": 1, "createdIndex": 1}}
+    assert ev == {
+        "action": "set",
+        "node": {"key": "/a/b", "value": "1", "modifiedIndex": 1, "createdIndex": 1},
+    }
     ev = run(t, "set", "/a/b", value="2")
     assert ev["prevNode"]["value"] == "1"
     assert ev["node"]["createdIndex"] == 2 and ev["node"]["modifiedIndex"] == 2
