@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "images": "node.images:images",
     "apiserver": "orchestrator.cli:apiserver",
     "kubeconfig": "orchestrator.cli:kubeconfig",
+    "scheduler": "orchestrator.scheduler.cli:scheduler",
     "up": "grove.up:up",
     "down": "grove.up:down",
 }
