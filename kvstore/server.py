@@ -229,11 +229,15 @@ class Member:
 
     # ------------------------------------------------------------ background
     async def _bootstrap_and_publish(self) -> None:
-        """Record the initial membership once, then publish this member's name and client URLs."""
+        """Record the initial membership once, publish this member's name and client URLs, and
+        notice when this member has been removed from the cluster (then shut down, as etcd does)."""
+        known = False
+        leaderless_since: float | None = None
         while True:
             try:
                 raft = self.raft
                 if raft is not None and raft.leader_addr is not None:
+                    leaderless_since = None
                     if self.state.cluster_id is None and raft.is_leader:
                         await self.propose(
                             {"op": "bootstrap", "cluster_id": self.local_cluster_id,
@@ -248,15 +252,44 @@ class Member:
                              "clientURLs": self.cfg.advertise_client_urls}
                         )
                     elif me is not None:
-                        self.known_in_cluster = True
-                    elif getattr(self, "known_in_cluster", False) and self.state.cluster_id is not None:
-                        log.warning("this member was removed from the cluster; shutting down")
-                        self.removed = True
-                        os.kill(os.getpid(), signal.SIGTERM)
+                        known = True
+                    elif known and self.state.cluster_id is not None:
+                        self._shut_down_removed("the cluster's membership no longer lists it")
                         return
-            except (TimeoutError, EtcdError, ProposalFailed):
+                elif known:
+                    # Without a leader for a while: a removed member stops hearing from the
+                    # cluster before it can apply its own removal. Ask the others.
+                    now = time.monotonic()
+                    leaderless_since = leaderless_since or now
+                    if now - leaderless_since > 3.0 and await self._removed_per_peers():
+                        self._shut_down_removed("the other members no longer list it")
+                        return
+            except (EtcdError, ProposalFailed, asyncio.TimeoutError):
                 pass
-            await asyncio.sleep(0.2 if not getattr(self, "known_in_cluster", False) else 1.0)
+            await asyncio.sleep(0.2 if not known else 1.0)
+
+    async def _removed_per_peers(self) -> bool:
+        import aiohttp
+
+        urls = [u for mid, m in self.state.members.items() if mid != self.id for u in m.get("clientURLs", [])[:1]]
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for url in urls:
+                try:
+                    async with http.get(url + "/v2/members") as resp:
+                        if resp.status != 200 or resp.headers.get("X-Etcd-Cluster-ID") != self.cluster_id:
+                            continue
+                        members = (await resp.json()).get("members", [])
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    continue
+                if members and all(m.get("id") != self.id for m in members):
+                    return True
+        return False
+
+    def _shut_down_removed(self, why: str) -> None:
+        log.warning("this member (%s) was removed from the cluster (%s); shutting down", self.id, why)
+        self.removed = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _expire_loop(self) -> None:
         """The leader turns elapsed TTLs into a replicated `expire` command with its own clock."""
