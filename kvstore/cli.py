@@ -58,6 +58,8 @@ def kv() -> None:
               help="Raft log entries between snapshots (log compaction).")
 @click.option("--heartbeat-interval", default=50, show_default=True, type=click.IntRange(min=1), help="ms")
 @click.option("--election-timeout", default=400, show_default=True, type=click.IntRange(min=10), help="ms")
+@click.option("--raft-tick-ms", default=None, type=click.FloatRange(min=0.5),
+              help="Longest the Raft thread sleeps between timer checks (sockets wake it at once).")
 @click.option("--request-timeout", default=5.0, show_default=True, type=float, help="Seconds a write may wait.")
 @click.option("--peer-password-file", default=None, type=click.Path(dir_okay=False),
               help="Encrypt peer traffic with the password in this file (all members must share it).")
@@ -107,6 +109,7 @@ def serve(**o) -> None:
             heartbeat=o["heartbeat_interval"] / 1000.0,
             election_timeout=o["election_timeout"] / 1000.0,
             snapshot_count=o["snapshot_count"],
+            **({"tick": o["raft_tick_ms"] / 1000.0} if o["raft_tick_ms"] else {}),
         ),
     )
     try:
