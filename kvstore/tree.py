@@ -315,10 +315,12 @@ class KeyTree:
         return node
 
     def _detach(self, node: Node) -> None:
-        for n in node.walk():
+        parent = node.parent
+        if parent is not None and parent.children is not None:
+            parent.children.pop(node.name, None)
+        for n in list(node.walk()):
             n.attached = False
-        if node.parent is not None and node.parent.children is not None:
-            node.parent.children.pop(node.name, None)
+            n.parent = None  # no parent<->child cycles left behind: refcounting frees the subtree
 
     @staticmethod
     def _expire_at(ttl: int | None, now: float) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import threading
 
@@ -545,14 +546,11 @@ def test_mutation_stale_read_rejected(clients: int, ops_per_client: int, rounds:
         writers = [
             o for o in ops if o.status == "ok" and (o.kind == "write" or (o.kind == "cas" and o.result))
         ]
-        candidates = [
-            (r, x)
-            for r in _completed(ops, "read")
-            for wr in writers
-            if wr.complete < r.invoke  # type: ignore[operator]
-            for x in writers
-            if x.complete < wr.invoke and r.result != x.value  # type: ignore[operator]
-        ]
+        candidates = []
+        for r in _completed(ops, "read"):
+            # The latest start of a write W that completed before r began; X completed before it.
+            bound = max((wr.invoke for wr in writers if wr.complete < r.invoke), default=-math.inf)  # type: ignore[operator]
+            candidates += [(r, x) for x in writers if x.complete < bound and x.value != r.result]  # type: ignore[operator]
         if not candidates:
             continue
         r, x = rng.choice(candidates)
