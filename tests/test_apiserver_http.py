@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from kvstore.localcluster import free_port
 from tests.apiserver_fixture import apiserver  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -320,7 +321,8 @@ def test_service_allocations(api, apiserver):  # noqa: F811
     updated = api.ok("PUT", base + "/b", {**service("b"), "metadata": {"name": "b"}})
     assert updated["spec"]["clusterIP"] == again["spec"]["clusterIP"]
     assert updated["spec"]["ports"][0]["nodePort"] == 30005
-    changed = dict(updated, spec=dict(updated["spec"], clusterIP="10.250.0.14", clusterIPs=["10.250.0.14"]))
+    other_ip = "10.250.0.14" if updated["spec"]["clusterIP"] != "10.250.0.14" else "10.250.0.13"
+    changed = dict(updated, spec=dict(updated["spec"], clusterIP=other_ip, clusterIPs=[other_ip]))
     status_of(api.req("PUT", base + "/b", changed), 422, "Invalid")
 
 
@@ -407,6 +409,11 @@ def test_namespace_lifecycle(api):
     assert "because it is being terminated" in refused["message"]
     status_of(api.req("DELETE", "/api/v1/namespaces/default"), 403, "Forbidden")
     status_of(api.req("POST", "/api/v1/namespaces/nowhere/configmaps", cm("x")), 404, "NotFound")
+    # The namespace controller's last step: removing the `kubernetes` finalizer lets it go.
+    current = api.ok("GET", "/api/v1/namespaces/doomed")
+    current["spec"]["finalizers"] = []
+    api.ok("PUT", "/api/v1/namespaces/doomed/finalize", current)
+    status_of(api.req("GET", "/api/v1/namespaces/doomed"), 404, "NotFound")
 
 
 def test_events_aggregate(api):
@@ -474,8 +481,25 @@ def test_pod_log_and_exec_answer_with_status(api):
         "/api/v1/namespaces/default/pods/logs/binding",
         {"kind": "Binding", "apiVersion": "v1", "metadata": {"name": "logs"}, "target": {"name": "n1"}},
     )
-    later = status_of(api.req("GET", "/api/v1/namespaces/default/pods/logs/log"), 501, "NotImplemented")
-    assert "node n1" in later["message"]
+    no_node = status_of(api.req("GET", "/api/v1/namespaces/default/pods/logs/log"), 400, "BadRequest")
+    assert no_node["message"] == 'node "n1" of pod logs does not exist'
+    # A node whose agent does not answer: 503, naming where it was looked for.
+    port = free_port()
+    api.ok("POST", "/api/v1/nodes", {"metadata": {"name": "n1"}})
+    node = api.ok("GET", "/api/v1/nodes/n1")
+    node["status"] = {
+        "addresses": [{"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+    }
+    api.ok("PUT", "/api/v1/nodes/n1/status", node)
+    down = status_of(api.req("GET", "/api/v1/namespaces/default/pods/logs/log"), 503, "ServiceUnavailable")
+    assert f"node agent of n1 at 127.0.0.1:{port}" in down["message"]
+    status_of(
+        api.req("GET", "/api/v1/namespaces/default/pods/logs/exec", command="true", stdout="1"),
+        503,
+        "ServiceUnavailable",
+    )
+    api.ok("DELETE", "/api/v1/nodes/n1")
 
 
 # --- watches --------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ Nothing a client sends gives a 500.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +102,24 @@ def decode_patch(raw: bytes, content_type: str | None) -> tuple[str, Any]:
     if media == APPLY_PATCH:
         return media, _yaml_load(raw)
     return media, decode_json(raw)
+
+
+# A JSON string's closing quote, whitespace, then a colon: a key written as `"key" : value`.
+_SPACED_KEY = re.compile(rb'"[ \t\r\n]+:')
+
+
+def may_have_duplicates(raw: bytes, content_type: str | None, obj: Any) -> bool:
+    """False when the JSON body `raw`, decoded as `obj`, surely repeats no key in any object.
+
+    A decoder keeps one value per key, so a repeated key (and whatever its dropped value held)
+    is missing when `obj` is encoded again. Without `\\u` escapes and without whitespace between a
+    key and its colon, each key of `raw` ends in exactly one `":` and string contents encode
+    their quotes the same way in both, so equal counts of `":` mean nothing was dropped. Anything
+    else (YAML, other encodings) answers True: the caller then looks for duplicates properly.
+    """
+    if media_type(content_type) not in ("", JSON) or b"\\u" in raw or _SPACED_KEY.search(raw):
+        return True
+    return raw.count(b'":') != orjson.dumps(obj).count(b'":')
 
 
 @dataclass(frozen=True, slots=True)

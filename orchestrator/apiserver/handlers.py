@@ -35,8 +35,9 @@ from .config import ServerConfig
 from .events import EventAggregator
 from .namespaces import NamespaceLifecycle
 from .routing import RequestInfo, is_true
-from .storage import Storage, resource_version
-from .typecheck import type_error
+from .storage import Storage, decode_value, resource_version
+from .typecheck import is_clean, type_error
+from .watchcache import WatchCaches
 
 _MAX_RETRIES = 8
 _FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
@@ -246,6 +247,7 @@ class Api:
         )
         self.namespaces = NamespaceLifecycle(storage, registry.get("", "v1", "namespaces"))  # type: ignore[arg-type]
         self.events = EventAggregator(storage)
+        self.caches: WatchCaches | None = None  # set by the server: the watch caches reads may use
 
     # --- field validation -----------------------------------------------------------------
 
@@ -255,6 +257,8 @@ class Api:
         """fieldValidation for a create/update body: Strict -> 400, Warn -> warnings, Ignore -> nothing.
         Unknown fields are dropped in every mode but Strict (which refuses them). Wrongly typed
         fields are refused in every mode, as kube-apiserver's decoder refuses them."""
+        if is_clean(res, obj) and not codec.may_have_duplicates(raw, content_type, obj):
+            return  # the usual body: nothing to refuse, warn about or drop
         wrong = type_error(res, obj)
         if wrong:
             raise _decode_error(res, wrong)
@@ -275,6 +279,8 @@ class Api:
 
     def check_result_fields(self, res: Resource, obj: dict[str, Any], opts: WriteOptions) -> None:
         """fieldValidation (and type checks) for the result of a patch."""
+        if is_clean(res, obj):
+            return
         wrong = type_error(res, obj)
         if wrong:
             raise _decode_error(res, wrong)
@@ -357,8 +363,7 @@ class Api:
             if merged is not None:
                 return merged
         if opts.field_manager:
-            obj = patching.track_update(None, obj, opts.field_manager, strategy.now_rfc3339())
-            meta = obj["metadata"]
+            record_create(obj, opts.field_manager, strategy.now_rfc3339())
         alloc = None
         if res.resource == "services":
             try:
@@ -406,16 +411,39 @@ class Api:
         subresource: str | None = None,
         retry: Callable[[], bool] = lambda: True,
         on_missing: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        cached: bool = True,
     ) -> tuple[dict[str, Any], bool]:
-        """Read, transform, check and compare-and-swap until it sticks; (object, created)."""
+        """Read, transform, check and compare-and-swap until it sticks; (object, created).
+
+        With `cached` (the default), the first attempt starts from the watch cache's copy of
+        the object instead of a store read, as kube-apiserver does: the compare-and-swap fails
+        if that copy was stale, and a transform that refuses it, or finds nothing to change, is
+        asked again with what the store holds, so the cache only ever saves a read. (A
+        transform may thus run once more than the store's conflicts alone would make it.)"""
         strat = strategy.strategy_for(res)
+        # (A dry run answers with what the store holds; allocations are not worth a second try.)
+        cached = cached and not opts.dry_run and res.resource != "services"
         for attempt in range(_MAX_RETRIES):
-            current = await self.storage.try_get(res, namespace, name)
+            current = None
+            hinted = None
+            if cached and attempt == 0 and self.caches is not None:
+                hinted = self.caches.latest(res, namespace, name)
+                if hinted is not None:
+                    current = decode_value(hinted[1], hinted[0])
+            if current is None:
+                hinted = None
+                current = await self.storage.try_get(res, namespace, name)
             if current is None:
                 if on_missing is not None:
                     return await on_missing(), True
                 raise errors.not_found(res, name)
-            new = transform(_copy(current))
+            if hinted is not None:
+                try:
+                    new = transform(decode_value(hinted[1], hinted[0]))  # type: ignore[arg-type]
+                except errors.ApiError:
+                    continue  # maybe only the cached copy is refused: ask the store
+            else:
+                new = transform(_copy(current))
             if subresource is None:
                 strategy.prepare_update(res, new, current)
             elif subresource == "status":
@@ -423,7 +451,9 @@ class Api:
             elif subresource == "finalize":
                 new = strategy.prepare_finalize(new, current)
             # other subresources (scale, binding) build the whole new object themselves
-            if subresource != "binding":  # a binding only sets fields of an already defaulted pod
+            # A binding or a finalize only sets fields of an already defaulted object (and
+            # defaulting a namespace would put back the `kubernetes` finalizer just removed).
+            if subresource not in ("binding", "finalize"):
                 new = apply_defaults(res.kind, new, current)
             if opts.field_manager:
                 # managedFields are the server's: a client may only reset them (send []).
@@ -448,11 +478,11 @@ class Api:
             if strategy.same_object(new, current):
                 if alloc is not None:
                     await self.services.rollback(new, alloc)
+                if hinted is not None:
+                    continue  # nothing to write, says the cache: make sure of it
                 return current, False
             if opts.field_manager:
-                new = patching.track_update(
-                    current, new, opts.field_manager, strategy.now_rfc3339(), subresource or ""
-                )
+                record_update(current, new, opts.field_manager, strategy.now_rfc3339(), subresource or "")
             if opts.dry_run:
                 if alloc is not None:
                     await self.services.rollback(new, alloc)
@@ -473,7 +503,11 @@ class Api:
             except errors.ApiError as exc:
                 if alloc is not None:
                     await self.services.rollback(new, alloc)
-                if exc.reason == "Conflict" and attempt < _MAX_RETRIES - 1 and retry():
+                if (
+                    exc.reason == "Conflict"
+                    and attempt < _MAX_RETRIES - 1
+                    and (hinted is not None or retry())
+                ):
                     continue
                 if exc.reason == "NotFound" and attempt < _MAX_RETRIES - 1:
                     continue  # deleted meanwhile: the next read decides
@@ -539,7 +573,9 @@ class Api:
         kind = kind or res.kind
         try:
             if patch_type == codec.MERGE_PATCH:
-                return patching.json_merge_patch(current, patch_body)
+                if not isinstance(patch_body, dict):
+                    return patching.json_merge_patch(current, patch_body)  # (its error)
+                return merge_patch_into(current, patch_body)
             if patch_type == codec.JSON_PATCH:
                 return patching.json_patch(current, patch_body)
             return patching.strategic_merge_patch(current, patch_body, kind)
@@ -902,9 +938,86 @@ class Api:
             return pod
 
         await self.guaranteed_update(
-            res, info.namespace, name, transform, _without_manager_record(opts), subresource="binding"
+            res,
+            info.namespace,
+            name,
+            transform,
+            _without_manager_record(opts),
+            subresource="binding",
         )
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+def record_create(obj: dict[str, Any], manager: str, now: str) -> None:
+    """The managedFields of a new object: one Update entry owning every field it sets.
+
+    What `patch.track_update(None, obj, ...)` computes (every field of a new object is changed by
+    the write that creates it), without copying the object and comparing each field with nothing.
+    """
+    paths = patching.field_paths(obj, str(obj.get("kind") or ""))
+    entry = {
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": str(obj.get("apiVersion") or ""),
+        "time": now,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": patching.paths_to_fields_v1(paths),
+    }
+    obj["metadata"]["managedFields"] = [entry] if paths else []
+
+
+def merge_patch_into(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 JSON merge patch applied to `target` in place (the caller's own copy), which is
+    what `patch.json_merge_patch` returns without copying the whole object first. Values taken
+    from the patch are copied: a retried write applies the same patch again."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            sub = target.get(key)
+            target[key] = merge_patch_into(sub if isinstance(sub, dict) else {}, value)
+        else:
+            target[key] = strategy.json_copy(value) if isinstance(value, list) else value
+    return target
+
+
+_ABSENT = object()
+_UNOWNED_META = ("managedFields", "resourceVersion")
+
+
+def record_update(
+    current: dict[str, Any], new: dict[str, Any], manager: str, now: str, subresource: str = ""
+) -> None:
+    """Record an update by `manager` in `new`'s managedFields, as `patch.track_update` does.
+
+    Only the top-level fields the write changed are handed to track_update: a field path lies
+    under one top-level field, and where that field is equal before and after, no path is changed
+    or removed, so no owner is gained or lost there. A status update of a pod compares its
+    status instead of the whole pod, several times faster, with the same result.
+    """
+    changed = {
+        key: None
+        for key in (*current, *new)
+        if key not in ("apiVersion", "kind", "metadata")
+        and current.get(key, _ABSENT) != new.get(key, _ABSENT)
+    }
+    old_meta = current.get("metadata") if isinstance(current.get("metadata"), dict) else {}
+    new_meta = new["metadata"]
+    meta_changed = {k: v for k, v in old_meta.items() if k not in _UNOWNED_META} != {
+        k: v for k, v in new_meta.items() if k not in _UNOWNED_META
+    }
+
+    def part(obj: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        out = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+        out["metadata"] = meta
+        out.update((k, obj[k]) for k in changed if k in obj)
+        return out
+
+    # (track_update reads the owners from the old object's metadata only.)
+    old_part = part(current, old_meta if meta_changed else {"managedFields": old_meta.get("managedFields")})
+    new_part = part(new, {k: v for k, v in new_meta.items() if k != "managedFields"} if meta_changed else {})
+    result = patching.track_update(old_part, new_part, manager, now, subresource)
+    new_meta["managedFields"] = result["metadata"]["managedFields"]
 
 
 def _without_manager_record(opts: WriteOptions) -> WriteOptions:
@@ -985,11 +1098,16 @@ def selection(res: Resource, query: Any) -> Callable[[dict[str, Any]], bool] | N
 
 def field_selector_name(query: Any) -> str | None:
     """The one object a `metadata.name=x` field selector names (lets a watch narrow its key)."""
+    return field_selector_value(query, "metadata.name")
+
+
+def field_selector_value(query: Any, field_name: str) -> str | None:
+    """The value a field selector requires a field to equal (`spec.nodeName=x`), or None."""
     try:
         fields = selectors.parse_field_selector(query.get("fieldSelector"))
     except selectors.SelectorError:
         return None
-    return fields.value_for("metadata.name")
+    return fields.value_for(field_name)
 
 
 def _sort_key(obj: dict[str, Any]) -> str:
@@ -1087,7 +1205,7 @@ def respond(body: Any, accept: Accept, status: int = 200, warnings: list[str] | 
         and body.get("kind") in ("Table", "PartialObjectMetadata", "PartialObjectMetadataList")
         else (codec.YAML if accept.format == "yaml" else codec.JSON)
     )
-    for w in warnings or ():
+    for w in dict.fromkeys(warnings or ()):  # (a retried write may have warned twice)
         resp.headers.add("Warning", f'299 - "{_warning_text(w)}"')
     return resp
 

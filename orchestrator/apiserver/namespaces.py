@@ -91,8 +91,8 @@ class NamespaceLifecycle:
                 delay = 0.1
                 async for ev in self.storage.watch(self.res, None, rv + 1):
                     if ev.type == "DELETED":
-                        self.forget(ev.object["metadata"].get("name", ""))
-                    else:
+                        self.forget(ev.name)
+                    elif ev.object is not None:
                         self.observe(ev.object)
             except asyncio.CancelledError:
                 raise

@@ -13,7 +13,6 @@ fell out of the store's history (etcd error 401) becomes 410 Gone `Expired`, as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,15 +30,96 @@ INDEX_CLEARED = 401
 _DELETE_ACTIONS = frozenset(("delete", "compareAndDelete", "expire"))
 
 
-@dataclass(slots=True)
 class StoreEvent:
-    """One change under a resource's prefix: type ADDED/MODIFIED/DELETED, the object after it
-    (for DELETED the last state, with the deletion's resourceVersion) and the object before it."""
+    """One change under a resource's prefix: type ADDED/MODIFIED/DELETED at store index `rv`.
 
-    type: str
-    object: dict[str, Any]
-    old: dict[str, Any] | None
-    rv: int
+    `value` is the stored JSON of the object after the change (for DELETED: its last state) and
+    `old_value` the state before a MODIFIED. Decoding is left to whoever needs the objects: a
+    watcher without selectors gets `line()`, the stored JSON with the resourceVersion spliced in,
+    so one event shared by many watchers is decoded and encoded at most once, often never.
+    Objects handed out are shared: readers must not change them.
+    """
+
+    __slots__ = (
+        "_json",
+        "_object",
+        "_old",
+        "name",
+        "namespace",
+        "old_rv",
+        "old_value",
+        "rv",
+        "type",
+        "value",
+    )
+
+    def __init__(
+        self,
+        type_: str,
+        rv: int,
+        namespace: str | None,
+        name: str,
+        value: str,
+        old_value: str | None = None,
+        old_rv: int = 0,
+    ) -> None:
+        self.type = type_
+        self.rv = rv
+        self.namespace = namespace
+        self.name = name
+        self.value = value
+        self.old_value = old_value
+        self.old_rv = old_rv
+        self._object: dict[str, Any] | None = None
+        self._old: dict[str, Any] | None = None
+        self._json: bytes | None = None
+
+    @property
+    def object(self) -> dict[str, Any] | None:
+        """The object after the change (with resourceVersion `rv`); None if the value is no object."""
+        if self._object is None:
+            self._object = decode_value(self.value, self.rv)
+        return self._object
+
+    @property
+    def old(self) -> dict[str, Any] | None:
+        """The object before a MODIFIED (with its own resourceVersion)."""
+        if self._old is None and self.old_value is not None:
+            self._old = decode_value(self.old_value, self.old_rv)
+        return self._old
+
+    def forget_decoded(self) -> None:
+        """Drop the decoded objects (they are many times the size of the JSON they came from)."""
+        self._object = self._old = None
+
+    def object_json(self) -> bytes | None:
+        """`object` as JSON bytes (None if the value is no object)."""
+        if self._json is None:
+            self._json = with_resource_version(self.value, self.rv)
+            if self._json is None:
+                obj = self.object
+                if obj is None:
+                    return None
+                self._json = orjson.dumps(obj)
+        return self._json
+
+
+_METADATA = b'"metadata":{'
+
+
+def with_resource_version(value: str, rv: int) -> bytes | None:
+    """The stored JSON of an object with `metadata.resourceVersion` added, without decoding it;
+    None when the top-level metadata cannot be found for sure (decode instead)."""
+    raw = value.encode()
+    at = raw.find(_METADATA)
+    # The first `"metadata":{` (which can only be a key: quotes inside strings are escaped) is the
+    # top-level one when no other object was opened before it.
+    # (A stored resourceVersion — never written by this server — would be repeated: decode instead.)
+    if at < 0 or raw[0:1] != b"{" or raw.count(b"{", 0, at) != 1 or b'"resourceVersion"' in raw:
+        return None
+    at += len(_METADATA)
+    sep = b"" if raw[at : at + 1] == b"}" else b","
+    return b'%s"resourceVersion":"%d"%s%s' % (raw[:at], rv, sep, raw[at:])
 
 
 def _encode(obj: dict[str, Any]) -> str:
@@ -57,6 +137,11 @@ def decode_node(node: dict[str, Any], rv: int | None = None) -> dict[str, Any] |
     value = node.get("value")
     if value is None:
         return None
+    return decode_value(value, rv if rv is not None else node.get("modifiedIndex", 0))
+
+
+def decode_value(value: str, rv: int) -> dict[str, Any] | None:
+    """A stored object with its resourceVersion; None for a value that is no object."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -66,7 +151,7 @@ def decode_node(node: dict[str, Any], rv: int | None = None) -> dict[str, Any] |
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         meta = obj["metadata"] = {}
-    meta["resourceVersion"] = str(rv if rv is not None else node.get("modifiedIndex", 0))
+    meta["resourceVersion"] = str(rv)
     return obj
 
 
@@ -286,6 +371,7 @@ class Storage:
             key, recursive = (res.storage_key(namespace) if namespace else res.storage_prefix), True
         depth = key.count("/") + (1 if name is None else 0) + (1 if res.namespaced and not namespace else 0)
         stream = self.kv.watch_stream(key, index=max(since, 1), recursive=recursive)
+        namespaced = res.namespaced
         try:
             while True:
                 try:
@@ -301,19 +387,26 @@ class Storage:
                 if ev is None:
                     return
                 node = ev.node
-                if node.get("dir") or node.get("key", "").count("/") != depth:
+                node_key = node.get("key", "")
+                if node.get("dir") or node_key.count("/") != depth:
                     continue
+                parts = node_key.rsplit("/", 2)
+                obj_ns = parts[1] if namespaced else None
                 rv = node["modifiedIndex"]
                 prev = ev.prev_node
                 if ev.action in _DELETE_ACTIONS:
-                    obj = decode_node(prev, rv) if prev else None
-                    if obj is not None:
-                        yield StoreEvent("DELETED", obj, None, rv)
+                    if prev and prev.get("value") is not None:
+                        yield StoreEvent("DELETED", rv, obj_ns, parts[2], prev["value"])
                     continue
-                obj = decode_node(node, rv)
-                if obj is None:
+                value = node.get("value")
+                if value is None:
                     continue
-                old = decode_node(prev) if prev and prev.get("value") is not None else None
-                yield StoreEvent("ADDED" if old is None else "MODIFIED", obj, old, rv)
+                old = prev.get("value") if prev else None
+                if old is None:
+                    yield StoreEvent("ADDED", rv, obj_ns, parts[2], value)
+                else:
+                    yield StoreEvent(
+                        "MODIFIED", rv, obj_ns, parts[2], value, old, prev.get("modifiedIndex", 0)
+                    )
         finally:
             await stream.aclose()

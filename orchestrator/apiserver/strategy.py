@@ -10,12 +10,14 @@ Defaults of user-visible fields and validation live in orchestrator.defaults/val
 
 from __future__ import annotations
 
-import copy
+import math
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from orchestrator.resources import Resource
 
@@ -55,9 +57,21 @@ def strategy_for(res: Resource) -> Strategy:
     return STRATEGIES.get(res.resource, DEFAULT_STRATEGY)
 
 
+_last_second: list[Any] = [-1, ""]  # the last second formatted, and its text (many writes share one)
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (several times faster than copy.deepcopy)."""
+    return orjson.loads(orjson.dumps(value))
+
+
 def now_rfc3339(ts: float | None = None) -> str:
     """A metav1.Time: RFC 3339 in UTC with seconds precision."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if ts is None else ts))
+    second = math.floor(time.time() if ts is None else ts)
+    if second != _last_second[0]:
+        _last_second[1] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        _last_second[0] = second
+    return _last_second[1]
 
 
 def now_micro(ts: float | None = None) -> str:
@@ -116,7 +130,7 @@ def prepare_update(res: Resource, new: dict[str, Any], old: dict[str, Any]) -> N
         meta["namespace"] = old_meta["namespace"]
     if strat.status_subresource:
         if "status" in old:
-            new["status"] = copy.deepcopy(old["status"])
+            new["status"] = json_copy(old["status"])
         else:
             new.pop("status", None)
     kind = res.resource
@@ -124,16 +138,17 @@ def prepare_update(res: Resource, new: dict[str, Any], old: dict[str, Any]) -> N
         label_namespace(new)
         # spec.finalizers change only through namespaces/finalize.
         if isinstance(old.get("spec"), dict):
-            new["spec"] = copy.deepcopy(old["spec"])
+            new["spec"] = json_copy(old["spec"])
     if strat.generation and new.get("spec") != old.get("spec"):
         meta["generation"] = int(old_meta.get("generation") or 1) + 1
 
 
 def prepare_status_update(res: Resource, new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """The object after a status update: `old` with `new`'s status (and nothing else of it)."""
-    result = copy.deepcopy(old)
+    """The object after a status update: `old` with `new`'s status (and nothing else of it).
+    The result shares `new`'s status (the caller's own)."""
+    result = json_copy(old)
     if "status" in new:
-        result["status"] = copy.deepcopy(new["status"])
+        result["status"] = new["status"]
     else:
         result.pop("status", None)
     if "managedFields" in new.get("metadata", {}):
@@ -145,7 +160,7 @@ def prepare_status_update(res: Resource, new: dict[str, Any], old: dict[str, Any
 
 def prepare_finalize(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
     """namespaces/finalize: only spec.finalizers of `new` is taken."""
-    result = copy.deepcopy(old)
+    result = json_copy(old)
     finalizers = (new.get("spec") or {}).get("finalizers") if isinstance(new.get("spec"), dict) else None
     spec = result.setdefault("spec", {})
     if finalizers:

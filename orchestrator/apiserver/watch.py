@@ -27,7 +27,7 @@ from orchestrator.tables import to_table
 
 from . import errors
 from .codec import Accept
-from .handlers import Api, field_selector_name, include_object, partial, selection
+from .handlers import Api, field_selector_name, field_selector_value, include_object, partial, selection
 from .routing import RequestInfo, is_true
 from .storage import StoreEvent
 from .watchcache import EventSink, WatchCaches
@@ -43,6 +43,7 @@ class _Encoder:
         self.accept = accept
         self.include = include_object(query) if accept.as_kind == "Table" else "Object"
         self.first = True
+        self.plain = accept.as_kind is None
 
     def event(self, type_: str, obj: dict[str, Any]) -> bytes:
         if self.accept.as_kind == "Table":
@@ -56,6 +57,14 @@ class _Encoder:
         else:
             body = obj
         return orjson.dumps({"type": type_, "object": body}) + b"\n"
+
+    def store_event(self, type_: str, ev: StoreEvent) -> bytes | None:
+        """The line for a store event passed on as it is (its object shared, maybe never decoded)."""
+        if self.plain:
+            raw = ev.object_json()
+            return None if raw is None else b'{"type":"%s","object":%s}\n' % (type_.encode(), raw)
+        obj = ev.object
+        return None if obj is None else self.event(type_, obj)
 
     def bookmark(self, rv: int) -> bytes:
         obj = {
@@ -71,21 +80,24 @@ def _error_line(err: errors.ApiError) -> bytes:
 
 
 def _filtered(
-    ev: StoreEvent, match: Callable[[dict[str, Any]], bool] | None
-) -> tuple[str, dict[str, Any]] | None:
-    """The event a selective watcher sees for a store change (None: nothing)."""
-    if match is None:
-        return ev.type, ev.object
-    now = match(ev.object)
+    ev: StoreEvent, match: Callable[[dict[str, Any]], bool]
+) -> tuple[str, dict[str, Any] | None] | None:
+    """The event a selective watcher sees for a store change (None: nothing); an object of None
+    means the change's own object, unchanged."""
+    obj = ev.object
+    if obj is None:
+        return None
+    now = match(obj)
     if ev.type != "MODIFIED":
-        return (ev.type, ev.object) if now else None
-    before = ev.old is not None and match(ev.old)
+        return (ev.type, None) if now else None
+    old = ev.old
+    before = old is not None and match(old)
     if now:
-        return ("MODIFIED" if before else "ADDED"), ev.object
+        return ("MODIFIED" if before else "ADDED"), None
     if before:
-        assert ev.old is not None
+        assert old is not None
         # The old state, at the version of the change that made it leave (ev.old is shared: copy).
-        return "DELETED", {**ev.old, "metadata": {**ev.old["metadata"], "resourceVersion": str(ev.rv)}}
+        return "DELETED", {**old, "metadata": {**old["metadata"], "resourceVersion": str(ev.rv)}}
     return None
 
 
@@ -133,9 +145,10 @@ async def serve_watch(
     if initial:
         await resp.write(b"".join(encoder.event("ADDED", o) for o in initial))
 
+    node = field_selector_value(query, "spec.nodeName") if res.resource == "pods" and not res.group else None
     sink = EventSink()
     producer = asyncio.create_task(
-        caches.pump(res, namespace, name, since, sink), name=f"watch-{res.resource}"
+        caches.pump(res, namespace, name, since, sink, node), name=f"watch-{res.resource}"
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -165,9 +178,16 @@ async def serve_watch(
                     ended = True
                     break
                 last_rv = item.rv
-                out = _filtered(item, match)
-                if out is not None:
-                    lines.append(encoder.event(*out))
+                if match is None:
+                    line = encoder.store_event(item.type, item)
+                else:
+                    out = _filtered(item, match)
+                    if out is None:
+                        continue
+                    type_, obj = out
+                    line = encoder.store_event(type_, item) if obj is None else encoder.event(type_, obj)
+                if line is not None:
+                    lines.append(line)
             if lines:
                 await resp.write(b"".join(lines))
         if bookmarks:

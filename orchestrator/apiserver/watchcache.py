@@ -30,6 +30,7 @@ from .storage import Storage, StoreEvent
 log = logging.getLogger("grove.apiserver")
 
 Item = StoreEvent | errors.ApiError | None  # None: the stream ended
+DECODED_EVENTS = 1024  # most recent events of a cache that keep their decoded objects
 
 
 class EventSink:
@@ -87,21 +88,35 @@ class EventSink:
 
 
 class _Subscriber:
-    __slots__ = ("name", "namespace", "since", "sink")
+    __slots__ = ("name", "namespace", "node", "since", "sink")
 
-    def __init__(self, sink: EventSink, namespace: str | None, name: str | None, since: int) -> None:
+    def __init__(
+        self, sink: EventSink, namespace: str | None, name: str | None, since: int, node: str | None = None
+    ) -> None:
         self.sink = sink
         self.namespace = namespace
         self.name = name
         self.since = since
+        self.node = node  # only pods on (or leaving) this node, by spec.nodeName
 
     def wants(self, ev: StoreEvent) -> bool:
         if ev.rv < self.since:
             return False
-        meta = ev.object.get("metadata") or {}
-        if self.namespace is not None and meta.get("namespace") != self.namespace:
+        if self.namespace is not None and ev.namespace != self.namespace:
             return False
-        return self.name is None or meta.get("name") == self.name
+        if self.name is not None and ev.name != self.name:
+            return False
+        return self.node is None or self.node in _nodes_of(ev)
+
+
+def _node_name(obj: dict[str, Any] | None) -> str:
+    spec = obj.get("spec") if obj is not None else None
+    return (spec.get("nodeName") or "") if isinstance(spec, dict) else ""
+
+
+def _nodes_of(ev: StoreEvent) -> tuple[str, str]:
+    """The node a pod is on after the change and before it (a pod leaving a node concerns it)."""
+    return _node_name(ev.object), _node_name(ev.old)
 
 
 class ResourceCache:
@@ -114,23 +129,51 @@ class ResourceCache:
         self.history: deque[StoreEvent] = deque()
         self.covered_from = since - 1  # every event after this version is in `history` or still coming
         self.subscribers: set[_Subscriber] = set()
+        # Watches of the pods of one node (every node agent has one): found by the pod's node
+        # instead of asking each of a thousand watches whether it wants an event.
+        self.by_node: dict[str, set[_Subscriber]] = {}
+        # The latest stored state of each object changed since the cache started: (rv, JSON).
+        self.latest: dict[tuple[str | None, str], tuple[int, str]] = {}
         self.failed = False
         self.task = asyncio.create_task(self._run(since), name=f"watchcache-{res.resource}")
 
     def covers(self, since: int) -> bool:
         return not self.failed and since - 1 >= self.covered_from
 
-    def subscribe(self, sink: EventSink, namespace: str | None, name: str | None, since: int) -> _Subscriber:
-        sub = _Subscriber(sink, namespace, name, since)
+    def subscribe(
+        self, sink: EventSink, namespace: str | None, name: str | None, since: int, node: str | None = None
+    ) -> _Subscriber:
+        sub = _Subscriber(sink, namespace, name, since, node)
         # Replay and registration happen without a suspension point: no event slips between them.
         for ev in self.history:
             if sub.wants(ev) and not sink.push(ev):
                 return sub
-        self.subscribers.add(sub)
+        if node is None:
+            self.subscribers.add(sub)
+        else:
+            self.by_node.setdefault(node, set()).add(sub)
         return sub
 
     def unsubscribe(self, sub: _Subscriber) -> None:
-        self.subscribers.discard(sub)
+        if sub.node is None:
+            self.subscribers.discard(sub)
+            return
+        subs = self.by_node.get(sub.node)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.by_node[sub.node]
+
+    def _deliver(self, ev: StoreEvent) -> None:
+        dropped = [sub for sub in self.subscribers if sub.wants(ev) and not sub.sink.push(ev)]
+        if self.by_node:
+            now, before = _nodes_of(ev)
+            for node in (now, before) if before != now else (now,):
+                for sub in self.by_node.get(node, ()):
+                    if sub.wants(ev) and not sub.sink.push(ev):
+                        dropped.append(sub)
+        for sub in dropped:
+            self.unsubscribe(sub)
 
     async def _run(self, since: int) -> None:
         try:
@@ -138,12 +181,15 @@ class ResourceCache:
                 self.history.append(ev)
                 if len(self.history) > self.size:
                     self.covered_from = self.history.popleft().rv
-                dropped = []
-                for sub in self.subscribers:
-                    if sub.wants(ev) and not sub.sink.push(ev):
-                        dropped.append(sub)
-                for sub in dropped:
-                    self.subscribers.discard(sub)
+                if len(self.history) > DECODED_EVENTS:
+                    # Only recent events keep their decoded objects for the watchers still
+                    # working through them; older ones decode again if a new watch replays them.
+                    self.history[-DECODED_EVENTS - 1].forget_decoded()
+                if ev.type == "DELETED":
+                    self.latest.pop((ev.namespace, ev.name), None)
+                else:
+                    self.latest[(ev.namespace, ev.name)] = (ev.rv, ev.value)
+                self._deliver(ev)
             end: errors.ApiError | None = None
         except asyncio.CancelledError:
             end = None
@@ -155,11 +201,13 @@ class ResourceCache:
             end = errors.internal(f"watch of {self.res.resource} failed: {exc}")
         finally:
             self.failed = True
-            for sub in list(self.subscribers):
+            for sub in [*self.subscribers, *(s for subs in self.by_node.values() for s in subs)]:
                 if end is not None:
                     sub.sink.push(end)
                 sub.sink.close()
             self.subscribers.clear()
+            self.by_node.clear()
+            self.latest.clear()
 
 
 class WatchCaches:
@@ -171,12 +219,19 @@ class WatchCaches:
         self._caches: dict[tuple[str, str], ResourceCache] = {}
 
     async def pump(
-        self, res: Resource, namespace: str | None, name: str | None, since: int, sink: EventSink
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str | None,
+        since: int,
+        sink: EventSink,
+        node: str | None = None,
     ) -> None:
-        """Feed the changes after `since` into `sink` until cancelled or the stream ends."""
+        """Feed the changes after `since` into `sink` until cancelled or the stream ends; with
+        `node`, only changes of pods on that node or leaving it (a hint: the watch still filters)."""
         cache = self._cache_for(res, since) if self.size > 0 else None
         if cache is not None:
-            sub = cache.subscribe(sink, namespace, name, since)
+            sub = cache.subscribe(sink, namespace, name, since, node)
             try:
                 await asyncio.Future()  # until the watch response ends and cancels this
             finally:
@@ -205,6 +260,14 @@ class WatchCaches:
             return cache
         return cache if cache.covers(since) else None
 
+    def latest(self, res: Resource, namespace: str | None, name: str) -> tuple[int, str] | None:
+        """(resourceVersion, stored JSON) of an object as the shared stream last saw it, if it saw
+        it change: a hint for a read-modify-write, which the store's compare-and-swap confirms."""
+        cache = self._caches.get((res.group, res.resource))
+        if cache is None or cache.failed:
+            return None
+        return cache.latest.get((namespace if res.namespaced else None, name))
+
     async def stop(self) -> None:
         caches, self._caches = list(self._caches.values()), {}
         for cache in caches:
@@ -215,6 +278,9 @@ class WatchCaches:
 
     def stats(self) -> dict[str, Any]:
         return {
-            f"{g}/{r}" if g else r: {"subscribers": len(c.subscribers), "history": len(c.history)}
+            f"{g}/{r}" if g else r: {
+                "subscribers": len(c.subscribers) + sum(len(subs) for subs in c.by_node.values()),
+                "history": len(c.history),
+            }
             for (g, r), c in self._caches.items()
         }
