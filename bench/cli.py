@@ -8,6 +8,7 @@ the table on stdout can be piped), and turns errors the user can fix into one li
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 
 import click
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import kv
 from bench.loadgen import OPS
+from bench.service import service_command
 
 
 def _out() -> Console:
@@ -291,4 +293,140 @@ def failover_command(
         report.failover_chart(results, png_path)
         out.print(f"wrote {png_path}")
     if any(r.lost or r.linearizable is False for r in results):
+        raise SystemExit(1)
+
+
+bench.add_command(service_command)  # `grove bench service` (bench/service.py)
+
+
+class _ScheduleProgress:
+    """Created and bound pods as two bars; steps as the first bar's description."""
+
+    def __init__(self, bar: Progress, pods: int) -> None:
+        self.bar = bar
+        self.created = bar.add_task("starting", total=pods)
+        self.bound = bar.add_task("bound", total=pods)
+
+    def step(self, text: str) -> None:
+        self.bar.update(self.created, description=text)
+
+    def counts(self, created: int, bound: int) -> None:
+        self.bar.update(self.created, completed=created)
+        self.bar.update(self.bound, completed=bound)
+
+
+@bench.command("schedule")
+@click.option("--nodes", type=click.IntRange(min=1), default=1000, show_default=True, help="Nodes to create.")
+@click.option(
+    "--pods", type=click.IntRange(min=1), default=10000, show_default=True, help="Pods to schedule."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Pod creations in flight.",
+)
+@click.option(
+    "--server", default=None, help="API server of a running cluster to measure (default: start one)."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON."
+)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write a chart.")
+def schedule_command(
+    nodes: int, pods: int, concurrency: int, server: str | None, json_path: str | None, png_path: str | None
+) -> None:
+    """Pods bound per second and creation → bound latency, N nodes and M pending pods.
+
+    Starts three store members, the API server and the scheduler (no node agents: the nodes are
+    Node objects created through the API), creates the pods as fast as the API server takes them
+    and watches them get bound.
+    """
+    from bench import report
+    from bench import schedule as sched
+
+    config = sched.ScheduleConfig(nodes=nodes, pods=pods, server=server, concurrency=concurrency)
+    out = _out()
+    started = datetime.datetime.now().astimezone()
+    try:
+        with _progress_bar() as bar:
+            result = sched.run_schedule(config, _ScheduleProgress(bar, pods))
+    except sched.ScheduleBenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = server or "its own cluster (3 store members, API server, scheduler)"
+    out.print(f"grove bench schedule — {started:%Y-%m-%d %H:%M %Z}, {os.cpu_count()} CPU cores, on {where}")
+    out.print(sched.table(result))
+    out.print(sched.legend(result), highlight=False)
+    if json_path:
+        report.write_json(json_path, result.to_dict())
+        out.print(f"wrote {json_path}")
+    if png_path:
+        sched.chart(result, png_path)
+        out.print(f"wrote {png_path}")
+    if result.bound < result.pods:
+        raise SystemExit(1)
+
+
+class _PodStartupProgress:
+    def __init__(self, bar: Progress, pods: int) -> None:
+        self.bar = bar
+        self.created = bar.add_task("starting", total=pods)
+        self.running = bar.add_task("Running", total=pods)
+
+    def step(self, text: str) -> None:
+        self.bar.update(self.created, description=text)
+
+    def counts(self, created: int, running: int) -> None:
+        self.bar.update(self.created, completed=created)
+        self.bar.update(self.running, completed=running)
+
+
+@bench.command("pod-startup")
+@click.option("--pods", type=click.IntRange(min=1), default=50, show_default=True, help="Pods to start.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.0),
+    default=5.0,
+    show_default=True,
+    help="Pods created per second (0: all at once).",
+)
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Docker node agents.")
+@click.option(
+    "--server", default=None, help="API server of a running cluster to measure (default: start one)."
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON."
+)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write a chart.")
+def pod_startup_command(
+    pods: int, rate: float, nodes: int, server: str | None, json_path: str | None, png_path: str | None
+) -> None:
+    """Pod creation → Running latency on Docker (image present), p50/p99, observed through a watch."""
+    from bench import podstartup as ps
+    from bench import report
+
+    config = ps.PodStartupConfig(pods=pods, rate=rate, nodes=nodes, server=server)
+    out = _out()
+    started = datetime.datetime.now().astimezone()
+    try:
+        with _progress_bar() as bar:
+            result = ps.run_podstartup(config, _PodStartupProgress(bar, pods))
+    except ps.PodStartupBenchError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = (
+        server or f"its own cluster (3 store members, API server, scheduler, {nodes} Docker node agent(s))"
+    )
+    out.print(
+        f"grove bench pod-startup — {started:%Y-%m-%d %H:%M %Z}, {os.cpu_count()} CPU cores, on {where}"
+    )
+    out.print(ps.table(result))
+    out.print(ps.legend(result), highlight=False)
+    if json_path:
+        report.write_json(json_path, result.to_dict())
+        out.print(f"wrote {json_path}")
+    if png_path:
+        ps.chart(result, png_path)
+        out.print(f"wrote {png_path}")
+    if result.running < result.pods:
         raise SystemExit(1)
