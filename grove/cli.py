@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "apiserver": "orchestrator.cli:apiserver",
     "kubeconfig": "orchestrator.cli:kubeconfig",
     "scheduler": "orchestrator.scheduler.cli:scheduler",
+    "controllers": "orchestrator.controllers.cli:controllers",
+    "node": "node.cli:node",
+    "proxy": "node.proxy_cli:proxy",
+    "dns": "node.proxy_cli:dns",
     "up": "grove.up:up",
     "down": "grove.up:down",
 }
