@@ -23,6 +23,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 demo: install system-deps
+	$(BIN)/grove images build
 	$(BIN)/python -m grove.demo
 
 test: install system-deps

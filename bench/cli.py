@@ -59,7 +59,7 @@ class _KvProgress(kv.Progress):
 
 @click.group()
 def bench() -> None:
-    """Benchmarks of grove's store, side by side with real etcd 3.4 in the same run."""
+    """Benchmarks: the store side by side with etcd 3.4, failover, services, scheduling, pod startup."""
 
 
 @bench.command("kv")

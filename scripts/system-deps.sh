@@ -4,6 +4,9 @@ set -euo pipefail
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)   # the service proxy's rules
+command -v ip >/dev/null 2>&1 || need+=(iproute2)         # load balancer addresses
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)  # tests look inside pods' network namespaces
 if ((${#need[@]})); then
   if [ "$(id -u)" != 0 ]; then
     echo "grove: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
