@@ -6,6 +6,7 @@ The root filesystem checks need no engine; the rest run against the real Docker 
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -31,8 +32,10 @@ from tests.dockerutil import Pods, wait_for
 pytest_plugins = ("tests.dockerutil",)
 
 BUSYBOX = Path("/bin/busybox")
+# CI installs busybox-static (scripts/ensure-docker.sh): there a missing binary must fail, not skip.
 needs_busybox = pytest.mark.skipif(
-    not BUSYBOX.is_file() or not is_static_elf(BUSYBOX), reason="busybox-static is not installed"
+    not os.environ.get("CI") and (not BUSYBOX.is_file() or not is_static_elf(BUSYBOX)),
+    reason="busybox-static is not installed",
 )
 
 
