@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ import docker.types
 import docker.utils
 
 from node.images import PAUSE_IMAGE
+from node.runtime import hostnet
 from node.runtime import spec as k8s
 from node.runtime.types import (
     KIND_CONTAINER,
@@ -61,6 +63,8 @@ from node.runtime.types import (
     Sandbox,
     SandboxError,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK = "grove"
 DEFAULT_SUBNET = "10.88.0.0/16"  # clear of docker0's 172.17.0.0/16
@@ -182,12 +186,46 @@ class DockerRuntime:
                 net = self._find_network()
             if net is None:
                 raise NetworkError(f"network {self.network!r} vanished right after it was created")
+            self._claim_subnet(net)
             self._network_ready = True
             config = ((net.attrs.get("IPAM") or {}).get("Config") or [{}])[0]
             subnet, gateway = config.get("Subnet", ""), config.get("Gateway", "")
             if subnet and not gateway:  # the engine took the first address without saying so
                 gateway = str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
             return NetworkInfo(name=net.name, id=net.id, subnet=subnet, gateway=gateway)
+
+    def _claim_subnet(self, net: Any) -> None:
+        """Make sure the kernel routes the pod subnet to this network's bridge and nowhere else.
+
+        Bridges abandoned by a dead engine are deleted; any other overlap is an error the user
+        can act on, since pods would otherwise be unreachable without a word.
+        """
+        addrs = hostnet.host_addresses()
+        if addrs is None:  # no iproute2: nothing to check with
+            return
+        config = ((net.attrs.get("IPAM") or {}).get("Config") or [{}])[0]
+        subnet = config.get("Subnet") or self.subnet
+        options = net.attrs.get("Options") or {}
+        own = options.get("com.docker.network.bridge.name") or f"br-{net.id[:12]}"
+        claims = hostnet.overlapping_claims(addrs, subnet, own)
+        if not claims:
+            return
+        engine_ids = [n.id for n in self.client.networks.list()]
+        for claim in claims:
+            if hostnet.abandoned(claim, engine_ids):
+                error = hostnet.delete_interface(claim.interface)
+                if error is None:
+                    log.warning("removed %s, a bridge left by a Docker engine that is gone, which held "
+                                "%s inside the pod subnet %s", claim.interface, claim.address, subnet)  # fmt: skip
+                    continue
+                raise NetworkError(
+                    f"{claim.interface} (left by a Docker engine that is gone) holds {claim.address} inside the "
+                    f"pod subnet {subnet} and could not be removed ({error}); run: ip link delete {claim.interface}"
+                )
+            raise NetworkError(
+                f"host interface {claim.interface} holds {claim.address}, inside the pod subnet {subnet}: pods "
+                f"would be unreachable; choose another subnet with --pod-subnet or remove that interface"
+            )
 
     def _find_network(self) -> Any:
         # The engine's name filter matches substrings; keep only the exact name.
