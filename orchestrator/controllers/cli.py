@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import click
 
-from orchestrator.scheduler.leader import LeaseConfig
+from orchestrator.leaderelection import LeaseConfig
 
 from .base import ControllerOptions
 from .manager import CONTROLLERS, ManagerOptions, run_manager, select_controllers

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from orchestrator.apiclient import ApiClient, ApiError
-from orchestrator.scheduler.leader import LeaderElector, LeaseConfig
+from orchestrator.leaderelection import LeaderElector, LeaseConfig
 from orchestrator.watchers import InformerFactory, WorkQueueMetrics
 
 from .base import BaseController, ControllerContext, ControllerOptions, EventSink

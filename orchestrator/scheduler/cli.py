@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import click
 
-from orchestrator.scheduler.leader import LeaseConfig
+from orchestrator.leaderelection import LeaseConfig
 from orchestrator.scheduler.scheduler import (
     SCHEDULER_NAMES,
     SchedulerOptions,

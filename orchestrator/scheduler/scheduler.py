@@ -36,9 +36,9 @@ from prometheus_client import (
 )
 
 from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError, NotFound, Obj
+from orchestrator.leaderelection import LeaderElector, LeaseConfig
 from orchestrator.scheduler.assume import AssumeCache
 from orchestrator.scheduler.framework import FitError, Framework
-from orchestrator.scheduler.leader import LeaderElector, LeaseConfig
 from orchestrator.scheduler.queue import SchedulingQueue
 from orchestrator.scheduler.snapshot import PodInfo, Snapshot, pod_key
 from orchestrator.watchers import Informer
