@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Callable
 
 import click
 from rich.console import Console
@@ -34,6 +35,55 @@ def _progress_bar() -> Progress:
         console=Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200),
         transient=False,
     )
+
+
+def _json_option(help: str):
+    return click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def _png_option(help: str):
+    return click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+_targets_option = click.option(
+    "--targets", default="grove,etcd", show_default=True, help="Stores to start and measure, in this order."
+)
+_install_etcd_option = click.option(
+    "--install-etcd", is_flag=True, help="apt-get install etcd-server when etcd is missing (needs root)."
+)
+_server_option = click.option(
+    "--server", default=None, help="API server of a running cluster to measure (default: start one)."
+)
+
+
+def _write_outputs(
+    out: Console, json_path: str | None, data: object, png_path: str | None, draw: Callable[[str], None]
+) -> None:
+    """--json and --png, each announced on stdout after the table."""
+    from bench import report
+
+    if json_path:
+        report.write_json(json_path, data)
+        out.print(f"wrote {json_path}")
+    if png_path:
+        draw(png_path)
+        out.print(f"wrote {png_path}")
+
+
+class _TwoBars:
+    """Created pods and pods that reached a state, as two bars; steps as the first bar's description."""
+
+    def __init__(self, bar: Progress, pods: int, reached: str) -> None:
+        self.bar = bar
+        self.created = bar.add_task("starting", total=pods)
+        self.reached = bar.add_task(reached, total=pods)
+
+    def step(self, text: str) -> None:
+        self.bar.update(self.created, description=text)
+
+    def counts(self, created: int, reached: int) -> None:
+        self.bar.update(self.created, completed=created)
+        self.bar.update(self.reached, completed=reached)
 
 
 class _KvProgress(kv.Progress):
@@ -90,32 +140,16 @@ def bench() -> None:
     show_default=True,
     help="leader (all clients to the leader), spread (over all members).",
 )
-@click.option(
-    "--targets", default="grove,etcd", show_default=True, help="Stores to start and measure, in this order."
-)
+@_targets_option
 @click.option(
     "--endpoints", default=None, help="Client URLs of a running cluster to measure instead (only that one)."
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Load generator processes."
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write the cells to this JSON file.",
-)
-@click.option(
-    "--png",
-    "png_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a chart (ops/s and p99 by clients).",
-)
-@click.option(
-    "--install-etcd", is_flag=True, help="apt-get install etcd-server when etcd is missing (needs root)."
-)
+@_json_option("Write the cells to this JSON file.")
+@_png_option("Write a chart (ops/s and p99 by clients).")
+@_install_etcd_option
 @click.option(
     "--interleave/--one-at-a-time",
     default=True,
@@ -170,12 +204,9 @@ def kv_command(
     for table in report.kv_tables(cells):
         out.print(table)
     out.print(report.kv_legend(cells))
-    if json_path:
-        report.write_json(json_path, [c.to_dict() for c in cells])
-        out.print(f"wrote {json_path}")
-    if png_path:
-        report.kv_chart(cells, png_path)
-        out.print(f"wrote {png_path}")
+    _write_outputs(
+        out, json_path, [c.to_dict() for c in cells], png_path, lambda p: report.kv_chart(cells, p)
+    )
 
 
 @bench.command("failover")
@@ -210,23 +241,9 @@ def kv_command(
     show_default=True,
     help="Keys whose read/write/CAS history is checked for linearizability.",
 )
-@click.option(
-    "--targets", default="grove,etcd", show_default=True, help="Stores to start and measure, in this order."
-)
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write per-target results to this JSON file.",
-)
-@click.option(
-    "--png",
-    "png_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a timeline chart (ops/s, kill marks).",
-)
+@_targets_option
+@_json_option("Write per-target results to this JSON file.")
+@_png_option("Write a timeline chart (ops/s, kill marks).")
 @click.option(
     "--histories",
     "history_dir",
@@ -234,9 +251,7 @@ def kv_command(
     default=None,
     help="Save each target's register history here (check again with python -m bench.linearizability).",
 )
-@click.option(
-    "--install-etcd", is_flag=True, help="apt-get install etcd-server when etcd is missing (needs root)."
-)
+@_install_etcd_option
 def failover_command(
     kills: int, down_time: float, settle: float, clients: int, registers: int, targets: str,
     json_path: str | None, png_path: str | None, history_dir: str | None, install_etcd: bool,
@@ -286,33 +301,15 @@ def failover_command(
     for r in results:
         for line in r.notes:
             out.print(f"{r.target}: {line}", highlight=False)
-    if json_path:
-        report.write_json(json_path, {r.target: r.to_dict() for r in results})
-        out.print(f"wrote {json_path}")
-    if png_path:
-        report.failover_chart(results, png_path)
-        out.print(f"wrote {png_path}")
+    _write_outputs(
+        out, json_path, {r.target: r.to_dict() for r in results}, png_path,
+        lambda p: report.failover_chart(results, p),
+    )  # fmt: skip
     if any(r.lost or r.linearizable is False for r in results):
         raise SystemExit(1)
 
 
 bench.add_command(service_command)  # `grove bench service` (bench/service.py)
-
-
-class _ScheduleProgress:
-    """Created and bound pods as two bars; steps as the first bar's description."""
-
-    def __init__(self, bar: Progress, pods: int) -> None:
-        self.bar = bar
-        self.created = bar.add_task("starting", total=pods)
-        self.bound = bar.add_task("bound", total=pods)
-
-    def step(self, text: str) -> None:
-        self.bar.update(self.created, description=text)
-
-    def counts(self, created: int, bound: int) -> None:
-        self.bar.update(self.created, completed=created)
-        self.bar.update(self.bound, completed=bound)
 
 
 @bench.command("schedule")
@@ -327,13 +324,9 @@ class _ScheduleProgress:
     show_default=True,
     help="Pod creations in flight.",
 )
-@click.option(
-    "--server", default=None, help="API server of a running cluster to measure (default: start one)."
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON."
-)
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write a chart.")
+@_server_option
+@_json_option("Write the result as JSON.")
+@_png_option("Write a chart.")
 def schedule_command(
     nodes: int, pods: int, concurrency: int, server: str | None, json_path: str | None, png_path: str | None
 ) -> None:
@@ -343,7 +336,6 @@ def schedule_command(
     Node objects created through the API), creates the pods as fast as the API server takes them
     and watches them get bound.
     """
-    from bench import report
     from bench import schedule as sched
 
     config = sched.ScheduleConfig(nodes=nodes, pods=pods, server=server, concurrency=concurrency)
@@ -351,35 +343,16 @@ def schedule_command(
     started = datetime.datetime.now().astimezone()
     try:
         with _progress_bar() as bar:
-            result = sched.run_schedule(config, _ScheduleProgress(bar, pods))
+            result = sched.run_schedule(config, _TwoBars(bar, pods, "bound"))
     except sched.ScheduleBenchError as exc:
         raise click.ClickException(str(exc)) from None
     where = server or "its own cluster (3 store members, API server, scheduler)"
     out.print(f"grove bench schedule — {started:%Y-%m-%d %H:%M %Z}, {os.cpu_count()} CPU cores, on {where}")
     out.print(sched.table(result))
     out.print(sched.legend(result), highlight=False)
-    if json_path:
-        report.write_json(json_path, result.to_dict())
-        out.print(f"wrote {json_path}")
-    if png_path:
-        sched.chart(result, png_path)
-        out.print(f"wrote {png_path}")
+    _write_outputs(out, json_path, result.to_dict(), png_path, lambda p: sched.chart(result, p))
     if result.bound < result.pods:
         raise SystemExit(1)
-
-
-class _PodStartupProgress:
-    def __init__(self, bar: Progress, pods: int) -> None:
-        self.bar = bar
-        self.created = bar.add_task("starting", total=pods)
-        self.running = bar.add_task("Running", total=pods)
-
-    def step(self, text: str) -> None:
-        self.bar.update(self.created, description=text)
-
-    def counts(self, created: int, running: int) -> None:
-        self.bar.update(self.created, completed=created)
-        self.bar.update(self.running, completed=running)
 
 
 @bench.command("pod-startup")
@@ -392,26 +365,21 @@ class _PodStartupProgress:
     help="Pods created per second (0: all at once).",
 )
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Docker node agents.")
-@click.option(
-    "--server", default=None, help="API server of a running cluster to measure (default: start one)."
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON."
-)
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write a chart.")
+@_server_option
+@_json_option("Write the result as JSON.")
+@_png_option("Write a chart.")
 def pod_startup_command(
     pods: int, rate: float, nodes: int, server: str | None, json_path: str | None, png_path: str | None
 ) -> None:
     """Pod creation → Running latency on Docker (image present), p50/p99, observed through a watch."""
     from bench import podstartup as ps
-    from bench import report
 
     config = ps.PodStartupConfig(pods=pods, rate=rate, nodes=nodes, server=server)
     out = _out()
     started = datetime.datetime.now().astimezone()
     try:
         with _progress_bar() as bar:
-            result = ps.run_podstartup(config, _PodStartupProgress(bar, pods))
+            result = ps.run_podstartup(config, _TwoBars(bar, pods, "Running"))
     except ps.PodStartupBenchError as exc:
         raise click.ClickException(str(exc)) from None
     where = (
@@ -422,11 +390,6 @@ def pod_startup_command(
     )
     out.print(ps.table(result))
     out.print(ps.legend(result), highlight=False)
-    if json_path:
-        report.write_json(json_path, result.to_dict())
-        out.print(f"wrote {json_path}")
-    if png_path:
-        ps.chart(result, png_path)
-        out.print(f"wrote {png_path}")
+    _write_outputs(out, json_path, result.to_dict(), png_path, lambda p: ps.chart(result, p))
     if result.running < result.pods:
         raise SystemExit(1)

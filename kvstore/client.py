@@ -23,11 +23,12 @@ A client belongs to the event loop it is first used in; `SyncKVClient` wraps one
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -37,6 +38,7 @@ from yarl import URL
 __all__ = ["ClusterUnavailable", "EtcdError", "EtcdResponse", "KVClient", "SyncKVClient"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -49,6 +51,8 @@ def form_escape(value: str) -> str:
     reads other bytes, UTF-8 included, as they are.
     """
     return value.replace("%", "%25").replace("&", "%26").replace("+", "%2B").replace(";", "%3B")
+
+
 _JSON = {"Content-Type": "application/json"}
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
@@ -646,6 +650,18 @@ async def _aclose(events: Any) -> None:
     await events.aclose()
 
 
+def _blocking(
+    method: Callable[Concatenate[KVClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[SyncKVClient, P], T]:
+    """SyncKVClient's version of a KVClient coroutine method: same signature and docs, blocking."""
+
+    @functools.wraps(method)
+    def run(self: SyncKVClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._client, *args, **kwargs))
+
+    return run
+
+
 class SyncKVClient:
     """Blocking wrapper of KVClient for scripts and tests: an event loop of its own in a thread."""
 
@@ -676,78 +692,22 @@ class SyncKVClient:
             future.cancel()  # e.g. KeyboardInterrupt while waiting: stop the work in the loop too
             raise
 
-    def get(
-        self, key: str, *, recursive: bool = False, sorted: bool = False, quorum: bool = False
-    ) -> EtcdResponse:
-        return self._run(self._client.get(key, recursive=recursive, sorted=sorted, quorum=quorum))
-
-    def set(
-        self,
-        key: str,
-        value: str,
-        *,
-        ttl: int | None = None,
-        prev_exist: bool | None = None,
-        prev_value: str | None = None,
-        prev_index: int | None = None,
-        refresh: bool = False,
-    ) -> EtcdResponse:
-        return self._run(
-            self._client.set(
-                key,
-                value,
-                ttl=ttl,
-                prev_exist=prev_exist,
-                prev_value=prev_value,
-                prev_index=prev_index,
-                refresh=refresh,
-            )
-        )
-
-    def create(self, key: str, value: str, *, ttl: int | None = None) -> EtcdResponse:
-        return self._run(self._client.create(key, value, ttl=ttl))
-
-    def update(self, key: str, value: str, *, ttl: int | None = None) -> EtcdResponse:
-        return self._run(self._client.update(key, value, ttl=ttl))
-
-    def compare_and_swap(
-        self,
-        key: str,
-        value: str,
-        *,
-        prev_value: str | None = None,
-        prev_index: int | None = None,
-        ttl: int | None = None,
-    ) -> EtcdResponse:
-        return self._run(
-            self._client.compare_and_swap(key, value, prev_value=prev_value, prev_index=prev_index, ttl=ttl)
-        )
-
-    def mkdir(self, key: str, *, ttl: int | None = None) -> EtcdResponse:
-        return self._run(self._client.mkdir(key, ttl=ttl))
-
-    def append(self, dir_key: str, value: str, *, ttl: int | None = None) -> EtcdResponse:
-        return self._run(self._client.append(dir_key, value, ttl=ttl))
-
-    def delete(
-        self,
-        key: str,
-        *,
-        recursive: bool = False,
-        dir: bool = False,
-        prev_value: str | None = None,
-        prev_index: int | None = None,
-    ) -> EtcdResponse:
-        return self._run(
-            self._client.delete(
-                key, recursive=recursive, dir=dir, prev_value=prev_value, prev_index=prev_index
-            )
-        )
-
-    def watch(
-        self, key: str, *, index: int | None = None, recursive: bool = False, timeout: float | None = None
-    ) -> EtcdResponse:
-        return self._run(self._client.watch(key, index=index, recursive=recursive, timeout=timeout))
+    # Each blocking method is the async one of the same name, run on this client's loop.
+    get = _blocking(KVClient.get)
+    set = _blocking(KVClient.set)
+    create = _blocking(KVClient.create)
+    update = _blocking(KVClient.update)
+    compare_and_swap = _blocking(KVClient.compare_and_swap)
+    mkdir = _blocking(KVClient.mkdir)
+    append = _blocking(KVClient.append)
+    delete = _blocking(KVClient.delete)
+    watch = _blocking(KVClient.watch)
+    members = _blocking(KVClient.members)
+    add_member = _blocking(KVClient.add_member)
+    remove_member = _blocking(KVClient.remove_member)
+    leader = _blocking(KVClient.leader)
+    health = _blocking(KVClient.health)
+    version = _blocking(KVClient.version)
 
     def watch_stream(
         self, key: str, *, index: int | None = None, recursive: bool = False
@@ -765,24 +725,6 @@ class SyncKVClient:
                     self._run(_aclose(events))
                 except RuntimeError:
                     pass  # still finishing a cancelled step; the loop's shutdown closes it
-
-    def members(self) -> list[dict[str, Any]]:
-        return self._run(self._client.members())
-
-    def add_member(self, peer_urls: list[str]) -> dict[str, Any]:
-        return self._run(self._client.add_member(peer_urls))
-
-    def remove_member(self, member_id: str) -> None:
-        return self._run(self._client.remove_member(member_id))
-
-    def leader(self) -> dict[str, Any] | None:
-        return self._run(self._client.leader())
-
-    def health(self, endpoint: str | None = None) -> bool:
-        return self._run(self._client.health(endpoint))
-
-    def version(self, endpoint: str | None = None) -> dict[str, Any]:
-        return self._run(self._client.version(endpoint))
 
     def close(self) -> None:
         if self._loop.is_closed():
