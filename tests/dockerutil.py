@@ -27,6 +27,7 @@ import pytest
 
 from node.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
 from node.runtime import DockerRuntime, Sandbox, materialise_volumes
+from node.runtime.types import LABEL_POD_UID
 
 T = TypeVar("T")
 
@@ -57,6 +58,18 @@ def make_pod(
     }
 
 
+def reap_stale_containers(client: docker.DockerClient) -> None:
+    """Remove grove containers a killed earlier run left on a reused machine (.ci/run asks for it).
+
+    Only where nothing else may be running grove pods: the variable is set by CI, never by default.
+    """
+    for c in client.containers.list(all=True, filters={"label": LABEL_POD_UID}):
+        try:
+            c.remove(force=True)
+        except docker.errors.DockerException as e:
+            print(f"cannot remove stale container {c.name}: {e}")
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     try:
@@ -67,6 +80,8 @@ def docker_client() -> Iterator[docker.DockerClient]:
         if os.environ.get("CI"):
             pytest.fail(f"Docker tests cannot run in CI: {message}", pytrace=False)
         pytest.skip(message)
+    if os.environ.get("GROVE_TEST_REAP_STALE"):
+        reap_stale_containers(client)
     try:
         yield client
     finally:
