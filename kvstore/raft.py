@@ -11,6 +11,14 @@ in an asyncio loop in the main thread. The two meet in three places, all explici
 Commands are JSON (orjson), snapshots are JSON, never pickle. pysyncobj's own peer protocol
 does use pickle, which is why the peer port binds only the advertised peer address and supports
 an encryption password (see README, "Security").
+
+pysyncobj 0.3.17's follower handling of AppendEntries drops every entry after prevLogIdx and
+appends the message's entries again, even when they are the ones it already has. A delayed or
+overlapping AppendEntries (the leader resends from nextIndex while earlier batches are in
+flight) then cuts off entries the follower already acknowledged, committed ones included.
+`RaftNode` replaces that branch with the Raft paper's rule (§5.3, receiver rule 3): drop
+entries only from the first conflict (same index, different term), append only what is new.
+It relies on pysyncobj's private names; `_check_pysyncobj()` refuses to import if they moved.
 """
 
 from __future__ import annotations
@@ -22,13 +30,15 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pysyncobj.pickle
+import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.node import TCPNode
+from pysyncobj.node import Node, TCPNode
 
 from .errors import EtcdError
 from .statemachine import StateMachine
@@ -56,6 +66,101 @@ class ProposalFailed(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+# ------------------------------------------------------ AppendEntries, follower side
+@dataclass(frozen=True)
+class AppendPlan:
+    """What a follower does with an AppendEntries whose (prevLogIdx, prevLogTerm) matched its log."""
+
+    conflict_index: int | None  # first index whose term differs: drop it and everything after it
+    append: list[tuple]  # the message's entries the log does not hold yet, in order
+    last_index: int  # last index the message covered: the log matches the leader up to here
+
+
+def plan_append(prev_index: int, local: Sequence[tuple], entries: Sequence[tuple]) -> AppendPlan:
+    """Raft §5.3, receiver rules 3 and 4, for entries shaped (command, index, term).
+
+    `local` holds the follower's entries from prev_index + 1 on (at least as many as `entries`
+    where the log has them). Raises ValueError if `entries` do not follow prev_index one by one.
+    """
+    for offset, entry in enumerate(entries):
+        if entry[1] != prev_index + 1 + offset:
+            raise ValueError(f"entry {offset} has index {entry[1]}, expected {prev_index + 1 + offset}")
+    for offset, entry in enumerate(entries):
+        if offset >= len(local):
+            return AppendPlan(None, list(entries[offset:]), prev_index + len(entries))
+        if local[offset][2] != entry[2]:
+            return AppendPlan(entry[1], list(entries[offset:]), prev_index + len(entries))
+    return AppendPlan(None, [], prev_index + len(entries))
+
+
+# pysyncobj internals the override below uses (all name-mangled `SyncObj.__x`).
+_SYNCOBJ_METHODS = (
+    "_SyncObj__onMessageReceived",
+    "_SyncObj__getEntries",
+    "_SyncObj__getCurrentLogIndex",
+    "_SyncObj__deleteEntriesFrom",
+    "_SyncObj__sendNextNodeIdx",
+    "_SyncObj__parseChangeClusterRequest",
+    "_SyncObj__doChangeCluster",
+    "_SyncObj__onLeaderChanged",
+    "_SyncObj__setCurrentTerm",
+    "_SyncObj__setState",
+    "_SyncObj__generateRaftTimeout",
+)
+_SYNCOBJ_ATTRS = (  # set in SyncObj.__init__
+    "_SyncObj__conf",
+    "_SyncObj__raftLog",
+    "_SyncObj__raftCurrentTerm",
+    "_SyncObj__raftLeader",
+    "_SyncObj__raftElectionDeadline",
+    "_SyncObj__transferInProgress",
+    "_SyncObj__leaderCommitIndex",
+    "_SyncObj__raftCommitIndex",
+    "_SyncObj__raftLastApplied",
+    "_SyncObj__recvTransmission",
+)
+# Message fields and module names the library's own handler must still use the same way.
+_APPEND_ENTRIES_FIELDS = (
+    "append_entries",
+    "prevLogIdx",
+    "prevLogTerm",
+    "entries",
+    "commit_index",
+    "transmission",
+)
+_SYNCOBJ_MODULE_NAMES = ("_RAFT_STATE", "monotonicTime")
+TESTED_PYSYNCOBJ = "pysyncobj>=0.3.17,<0.4"
+
+
+def _check_pysyncobj() -> None:
+    """Fail at import, not in the middle of replication, if pysyncobj's internals moved."""
+    missing = [n for n in _SYNCOBJ_METHODS if not callable(getattr(SyncObj, n, None))]
+    init_names = set(SyncObj.__init__.__code__.co_names)
+    missing += [n for n in _SYNCOBJ_ATTRS if n not in init_names]
+    original = getattr(SyncObj, "_SyncObj__onMessageReceived", None)
+    consts = set(getattr(getattr(original, "__code__", None), "co_consts", ()))
+    missing += [f"message field {f!r}" for f in _APPEND_ENTRIES_FIELDS if f not in consts]
+    missing += [f"pysyncobj.syncobj.{n}" for n in _SYNCOBJ_MODULE_NAMES if not hasattr(pysyncobj.syncobj, n)]
+    version = getattr(pysyncobj.syncobj, "VERSION", "unknown")
+    if missing:
+        raise ImportError(
+            f"pysyncobj {version} lacks the internals grove's AppendEntries fix relies on "
+            f"({', '.join(missing)}); install {TESTED_PYSYNCOBJ}"
+        )
+    try:
+        numbers = tuple(int(p) for p in version.split(".")[:3])
+    except ValueError:
+        numbers = ()
+    if not (0, 3, 17) <= numbers < (0, 4):
+        log.warning(
+            "pysyncobj %s is untested with grove's Raft fixes; grove needs %s", version, TESTED_PYSYNCOBJ
+        )
+
+
+_check_pysyncobj()
+_library_on_message = SyncObj._SyncObj__onMessageReceived
 
 
 class RaftNode(SyncObj):
@@ -132,6 +237,91 @@ class RaftNode(SyncObj):
         return fut
 
     # ----------------------------------------------------------- tick thread
+    def _SyncObj__onMessageReceived(self, node: Node, message: dict) -> None:
+        """pysyncobj's message handler; AppendEntries carrying log entries take the paper's path."""
+        if (
+            message.get("type") != "append_entries"
+            or "prevLogIdx" not in message
+            or message.get("transmission") not in (None, "finish")
+            or message["term"] < self._SyncObj__raftCurrentTerm
+        ):
+            _library_on_message(self, node, message)  # votes, replies, snapshots, stale terms, ...
+            return
+        self._follow(node, message["term"])
+        leader_commit = message["commit_index"]
+        self._SyncObj__leaderCommitIndex = leader_commit
+        entries = message.get("entries", [])
+        if message.get("transmission") == "finish":  # one large entry, sent in pieces
+            data = self._SyncObj__recvTransmission + message["data"]
+            self._SyncObj__recvTransmission = ""
+            entries = [pysyncobj.pickle.loads(data)]
+        last_index = self._append_entries(node, message["prevLogIdx"], message["prevLogTerm"], entries)
+        if last_index is None:
+            return
+        # Commit only what is known to match the leader: entries past last_index may be a
+        # stale tail from an older term that a later message will replace.
+        commit = self._SyncObj__raftCommitIndex
+        commit = min(commit, self._SyncObj__getCurrentLogIndex())
+        if leader_commit > commit:
+            commit = max(commit, min(leader_commit, last_index))
+        self._SyncObj__raftCommitIndex = commit
+        self._SyncObj__raftLog.setRaftCommitIndex(commit)
+
+    def _follow(self, leader: Node, term: int) -> None:
+        """AppendEntries from a current leader: the same bookkeeping as pysyncobj 0.3.17."""
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__transferInProgress = False  # a newer leader supersedes a pending transfer
+        if not self._SyncObj__transferInProgress:
+            timeout = self._SyncObj__generateRaftTimeout()
+            self._SyncObj__raftElectionDeadline = pysyncobj.syncobj.monotonicTime() + timeout
+        if self._SyncObj__raftLeader != leader:
+            self._SyncObj__onLeaderChanged()
+        self._SyncObj__raftLeader = leader
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__setState(pysyncobj.syncobj._RAFT_STATE.FOLLOWER)
+
+    def _append_entries(self, leader: Node, prev_index: int, prev_term: int, entries: list) -> int | None:
+        """Reconcile the log with the leader's; reply; return the last index known to match."""
+        around = self._SyncObj__getEntries(prev_index, len(entries) + 1)
+        if not around:  # prev_index is past our log (or compacted away): leader retries from our end
+            self._SyncObj__sendNextNodeIdx(leader, success=False, reset=True)
+            return None
+        if around[0][2] != prev_term:
+            self._SyncObj__sendNextNodeIdx(leader, nextNodeIdx=prev_index, success=False, reset=True)
+            return None
+        try:
+            plan = plan_append(prev_index, around[1:], entries)
+        except ValueError as exc:
+            log.error("ignoring malformed AppendEntries from %s: %s", leader, exc)
+            return None
+        membership = self._SyncObj__conf.dynamicMembershipChange
+        if plan.conflict_index is not None:
+            removed = self._SyncObj__getEntries(plan.conflict_index)
+            if membership:  # undo membership changes that only the removed entries made
+                for entry in reversed(removed):
+                    request = self._SyncObj__parseChangeClusterRequest(entry[0])
+                    if request is not None:
+                        self._SyncObj__doChangeCluster(request, reverse=True)
+            if plan.conflict_index <= self._SyncObj__raftLastApplied:
+                log.critical(
+                    "leader %s replaces applied log entries from index %d (last applied %d): "
+                    "this member's state may have diverged",
+                    leader,
+                    plan.conflict_index,
+                    self._SyncObj__raftLastApplied,
+                )
+            self._SyncObj__deleteEntriesFrom(plan.conflict_index)
+        for entry in plan.append:
+            self._SyncObj__raftLog.add(*entry)
+        if membership:  # pysyncobj applies membership changes when they enter the log
+            for entry in plan.append:
+                request = self._SyncObj__parseChangeClusterRequest(entry[0])
+                if request is not None:
+                    self._SyncObj__doChangeCluster(request)
+        self._SyncObj__sendNextNodeIdx(leader, nextNodeIdx=plan.last_index + 1, success=True)
+        return plan.last_index
+
     @replicated
     def _apply(self, payload: bytes) -> Any:
         cmd = orjson.loads(payload)
