@@ -425,6 +425,16 @@ def _default_endpoints(obj: dict[str, Any]) -> None:
                 port["protocol"] = "TCP"
 
 
+def _default_endpointslice(obj: dict[str, Any]) -> None:
+    # SetDefaults_EndpointPort: a port without a name has the empty name; TCP unless told.
+    for port in _list(obj.get("ports")):
+        if isinstance(port, dict):
+            if port.get("name") is None:
+                port["name"] = ""
+            if port.get("protocol") is None:
+                port["protocol"] = "TCP"
+
+
 def _default_namespace(obj: dict[str, Any]) -> None:
     meta = _dict(obj, "metadata")
     name = meta.get("name")
@@ -481,6 +491,8 @@ def apply_defaults(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | N
         _default_service(result, old)
     elif name == "Endpoints":
         _default_endpoints(result)
+    elif name == "EndpointSlice":
+        _default_endpointslice(result)
     elif name == "Namespace":
         _default_namespace(result)
     elif name == "Secret":

@@ -221,6 +221,12 @@ DAEMONSETS = Resource(
     categories=("all",),
     subresources=(_status("DaemonSet"),),
 )
+CONTROLLERREVISIONS = Resource(
+    "apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", namespaced=True
+)
+ENDPOINTSLICES = Resource(
+    "discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", namespaced=True
+)
 # events.k8s.io/v1 shares storage with core events; serving it needs a conversion between the
 # two shapes, so it is only part of a registry that asks for it.
 EVENTS_V1 = Resource(
@@ -247,10 +253,12 @@ BUILTIN_RESOURCES: tuple[Resource, ...] = (
     DEPLOYMENTS,
     REPLICASETS,
     DAEMONSETS,
+    CONTROLLERREVISIONS,
+    ENDPOINTSLICES,
 )
 
 # Order of groups under /apis, highest priority first, as kube-apiserver lists them.
-_GROUP_PRIORITY: tuple[str, ...] = ("apps", "events.k8s.io", "coordination.k8s.io")
+_GROUP_PRIORITY: tuple[str, ...] = ("apps", "events.k8s.io", "coordination.k8s.io", "discovery.k8s.io")
 
 
 @dataclass(frozen=True)

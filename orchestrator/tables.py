@@ -62,6 +62,7 @@ def _field_doc(doc: tuple[str, str] | None) -> str:
 _META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 _CORE = "io.k8s.api.core.v1"
 _APPS = "io.k8s.api.apps.v1"
+_DISCOVERY = "io.k8s.api.discovery.v1"
 
 NAME = Column("Name", format="name", doc=(_META, "name"))
 AGE = Column("Age", doc=(_META, "creationTimestamp"))
@@ -573,6 +574,49 @@ def _endpoints_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     return [_name(obj), _endpoints_text(obj), age(_created(obj), now)]
 
 
+def _listed(items: list[str], count: int, limit: int = 3) -> str:
+    """kube's listWithMoreString: the first few, "+ N more...", or <unset> for none."""
+    text = ",".join(items[:limit])
+    if count > limit:
+        return f"{text} + {count - limit} more..."
+    return text or "<unset>"
+
+
+def _slice_ports_text(ports: Any) -> str:
+    shown = []
+    for port in ports or ():
+        number = port.get("port")
+        shown.append(str(number) if number is not None else port.get("name") or "*")
+    return _listed(shown, len(shown))
+
+
+def _slice_endpoints_text(endpoints: Any) -> str:
+    addresses = [str(a) for ep in endpoints or () for a in ep.get("addresses") or ()]
+    return _listed(addresses, len(addresses))
+
+
+def _endpointslice_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    return [
+        _name(obj),
+        obj.get("addressType") or "",
+        _slice_ports_text(obj.get("ports")),
+        _slice_endpoints_text(obj.get("endpoints")),
+        age(_created(obj), now),
+    ]
+
+
+def _controllerrevision_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    """printControllerRevision: the controller as `<kind>.<group>/<name>`, or <none>."""
+    controller = "<none>"
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            group = str(ref.get("apiVersion") or "").rpartition("/")[0]
+            kind = str(ref.get("kind") or "").lower()
+            controller = f"{kind}.{group}/{ref.get('name')}" if group else f"{kind}/{ref.get('name')}"
+            break
+    return [_name(obj), controller, _int(obj.get("revision")), age(_created(obj), now)]
+
+
 def _lease_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     return [_name(obj), (obj.get("spec") or {}).get("holderIdentity") or "", age(_created(obj), now)]
 
@@ -671,6 +715,16 @@ PRINTERS: Mapping[str, Printer] = {
         ),
         _event_cells,
     ),
+    "endpointslices": Printer(
+        (
+            NAME,
+            Column("AddressType", doc=(f"{_DISCOVERY}.EndpointSlice", "addressType")),
+            Column("Ports", doc=(f"{_DISCOVERY}.EndpointSlice", "ports")),
+            Column("Endpoints", doc=(f"{_DISCOVERY}.EndpointSlice", "endpoints")),
+            AGE,
+        ),
+        _endpointslice_cells,
+    ),
     "leases": Printer(
         (NAME, Column("Holder", doc=("io.k8s.api.coordination.v1.LeaseSpec", "holderIdentity")), AGE),
         _lease_cells,
@@ -716,6 +770,15 @@ PRINTERS: Mapping[str, Printer] = {
             Column("Selector", priority=1, doc=(f"{_APPS}.DaemonSetSpec", "selector")),
         ),
         _daemonset_cells,
+    ),
+    "controllerrevisions": Printer(
+        (
+            NAME,
+            Column("Controller", description="The controller of this revision (kind.group/name)."),
+            Column("Revision", type="integer", doc=(f"{_APPS}.ControllerRevision", "revision")),
+            AGE,
+        ),
+        _controllerrevision_cells,
     ),
 }
 DEFAULT_PRINTER = Printer(

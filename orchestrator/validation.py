@@ -59,6 +59,8 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Deployment", "apps", "v1", "deployments", True),
     KindInfo("ReplicaSet", "apps", "v1", "replicasets", True),
     KindInfo("DaemonSet", "apps", "v1", "daemonsets", True),
+    KindInfo("ControllerRevision", "apps", "v1", "controllerrevisions", True),
+    KindInfo("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", True),
 )
 
 _KIND_LOOKUP: dict[str, KindInfo] = {}
@@ -2009,6 +2011,122 @@ def _validate_endpoints(obj: dict[str, Any]) -> list[Cause]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Endpoint slices (discovery.k8s.io/v1)
+# ---------------------------------------------------------------------------------------------
+
+ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
+MAX_SLICE_ENDPOINTS = 1000
+MAX_ENDPOINT_ADDRESSES = 100
+MAX_SLICE_PORTS = 20000
+MAX_ZONE_HINTS = 8
+
+
+def _too_many(path: str, actual: int, limit: int) -> Cause:
+    return Cause(path, TOO_MANY, f"Too many: {actual}: must have at most {limit} items")
+
+
+def _validate_slice_address(address: Any, address_type: str, path: str) -> list[Cause]:
+    # Like grove's Endpoints, only the unspecified address is refused among the special ones:
+    # pods on these machines may well sit on loopback (host network on a 127.0.0.1 node).
+    if address_type in ("IPv4", "IPv6"):
+        family = 4 if address_type == "IPv4" else 6
+        text = _s(address)
+        try:
+            ok = ipaddress.ip_address(text).version == family
+        except ValueError:
+            ok = family == 4 and is_valid_ip(text)
+        if not ok:
+            return [invalid(path, address, f"must be a valid {address_type} address")]
+        if text in ("0.0.0.0", "::"):
+            return [invalid(path, address, f"may not be unspecified ({text})")]
+        return []
+    if address_type == "FQDN":
+        text = _s(address)
+        msgs = is_dns1123_subdomain(text)
+        if not msgs and len(text.split(".")) < 2:
+            msgs = ["should be a domain with at least two segments separated by dots"]
+        return [invalid(path, address, m) for m in msgs]
+    return []
+
+
+def _validate_slice_endpoints(endpoints: list[Any], address_type: str) -> list[Cause]:
+    if len(endpoints) > MAX_SLICE_ENDPOINTS:
+        return [_too_many("endpoints", len(endpoints), MAX_SLICE_ENDPOINTS)]
+    causes: list[Cause] = []
+    for i, endpoint in enumerate(endpoints):
+        endpoint = _d(endpoint)
+        path = f"endpoints[{i}]"
+        addresses = _l(endpoint.get("addresses"))
+        if not addresses:
+            causes.append(required(f"{path}.addresses", "must contain at least 1 address"))
+        elif len(addresses) > MAX_ENDPOINT_ADDRESSES:
+            causes.append(_too_many(f"{path}.addresses", len(addresses), MAX_ENDPOINT_ADDRESSES))
+        for j, address in enumerate(addresses):
+            causes += _validate_slice_address(address, address_type, f"{path}.addresses[{j}]")
+        if endpoint.get("nodeName") is not None:
+            node = _s(endpoint["nodeName"])
+            causes += [invalid(f"{path}.nodeName", node, m) for m in name_is_dns_subdomain(node)]
+        if endpoint.get("hostname") is not None:
+            host = _s(endpoint["hostname"])
+            causes += [invalid(f"{path}.hostname", host, m) for m in is_dns1123_label(host)]
+        topology = _d(endpoint.get("deprecatedTopology"))
+        causes += validate_labels(topology, f"{path}.deprecatedTopology")
+        zones = _l(_d(endpoint.get("hints")).get("forZones"))
+        if len(zones) > MAX_ZONE_HINTS:
+            causes.append(_too_many(f"{path}.hints.forZones", len(zones), MAX_ZONE_HINTS))
+            zones = []
+        seen_zones: set[str] = set()
+        for k, zone in enumerate(zones):
+            name = _s(_d(zone).get("name"))
+            zpath = f"{path}.hints.forZones[{k}].name"
+            if name in seen_zones:
+                causes.append(duplicate(zpath, name))
+            seen_zones.add(name)
+            causes += [invalid(zpath, name, m) for m in is_valid_label_value(name)]
+    return causes
+
+
+def _validate_slice_ports(ports: list[Any]) -> list[Cause]:
+    if len(ports) > MAX_SLICE_PORTS:
+        return [_too_many("ports", len(ports), MAX_SLICE_PORTS)]
+    causes: list[Cause] = []
+    names: set[str] = set()
+    for i, port in enumerate(ports):
+        port = _d(port)
+        path = f"ports[{i}]"
+        name = _s(port.get("name"))
+        if name:
+            causes += [invalid(f"{path}.name", name, m) for m in is_dns1123_label(name)]
+        if name in names:
+            causes.append(duplicate(f"{path}.name", name))
+        names.add(name)
+        protocol = port.get("protocol")
+        if not protocol:
+            causes.append(required(f"{path}.protocol"))
+        elif protocol not in SUPPORTED_PROTOCOLS:
+            causes.append(not_supported(f"{path}.protocol", protocol, SUPPORTED_PROTOCOLS))
+        if port.get("appProtocol") is not None:
+            app = _s(port["appProtocol"])
+            causes += [invalid(f"{path}.appProtocol", app, m) for m in is_qualified_name(app)]
+    return causes
+
+
+def _validate_endpointslice(obj: dict[str, Any]) -> list[Cause]:
+    causes: list[Cause] = []
+    address_type = _s(obj.get("addressType"))
+    if not address_type:
+        causes.append(required("addressType"))
+    elif address_type not in ADDRESS_TYPES:
+        causes.append(not_supported("addressType", address_type, ADDRESS_TYPES))
+    causes += _validate_slice_endpoints(_l(obj.get("endpoints")), address_type)
+    return causes + _validate_slice_ports(_l(obj.get("ports")))
+
+
+def _validate_endpointslice_update(new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+    return _immutable(new.get("addressType"), old.get("addressType"), "addressType")
+
+
+# ---------------------------------------------------------------------------------------------
 # Config maps, secrets, namespaces, nodes, leases, events
 # ---------------------------------------------------------------------------------------------
 
@@ -2173,6 +2291,25 @@ def _validate_configmap_update(new: dict[str, Any], old: dict[str, Any]) -> list
     return _validate_immutable_data(new, old, ("data", "binaryData"))
 
 
+def _validate_controllerrevision(obj: dict[str, Any]) -> list[Cause]:
+    """ValidateControllerRevision: data is required, the revision is not negative."""
+    causes: list[Cause] = []
+    if obj.get("data") is None:
+        causes.append(required("data", ""))
+    revision = obj.get("revision")
+    if _int(revision) is None:
+        causes.append(invalid("revision", revision, "must be an integer"))
+    elif revision < 0:
+        causes.append(invalid("revision", revision, IS_NEGATIVE))
+    return causes
+
+
+def _validate_controllerrevision_update(new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+    if new.get("data") != old.get("data"):
+        return [invalid("data", "", "field is immutable")]
+    return []
+
+
 def _validate_lease(obj: dict[str, Any]) -> list[Cause]:
     causes: list[Cause] = []
     spec = _d(obj.get("spec"))
@@ -2251,7 +2388,11 @@ _RULES: dict[str, _Rules] = {
     "Namespace": _Rules(name_is_dns_label, _validate_namespace),
     "Node": _Rules(name_is_dns_subdomain, _validate_node, _validate_node_update),
     "Lease": _Rules(name_is_dns_subdomain, _validate_lease),
+    "ControllerRevision": _Rules(
+        name_is_dns_subdomain, _validate_controllerrevision, _validate_controllerrevision_update
+    ),
     "Event": _Rules(name_is_dns_subdomain, _validate_event),
+    "EndpointSlice": _Rules(name_is_dns_subdomain, _validate_endpointslice, _validate_endpointslice_update),
 }
 
 

@@ -77,7 +77,12 @@ def test_definitions_come_back_as_openapi_with_kubernetes_extensions() -> None:
 
 def test_v3_index_lists_each_group_version_with_the_hash_of_its_bytes() -> None:
     index = openapi.openapi_v3_index()
-    assert set(index["paths"]) == {"api/v1", "apis/apps/v1", "apis/coordination.k8s.io/v1"}
+    assert set(index["paths"]) == {
+        "api/v1",
+        "apis/apps/v1",
+        "apis/coordination.k8s.io/v1",
+        "apis/discovery.k8s.io/v1",
+    }
     for path, entry in index["paths"].items():
         url, _, digest = entry["serverRelativeURL"].partition("?hash=")
         assert url == f"/openapi/v3/{path}"
@@ -105,6 +110,7 @@ def test_v3_documents_describe_only_served_kinds_and_the_meta_types_they_use() -
         ("", "v1"),
         ("apps", "v1"),
         ("coordination.k8s.io", "v1"),
+        ("discovery.k8s.io", "v1"),
         ("autoscaling", "v1"),
     }
     # Refs with siblings are wrapped in allOf; int-or-string is a oneOf.
@@ -519,7 +525,7 @@ def test_kubernetes_python_client_reads_discovery(apiserver: TinyApiServer, tmp_
             ["all"],
         )
         groups = client.ApisApi(api).get_api_versions()
-        assert [g.name for g in groups.groups] == ["apps", "coordination.k8s.io"]
+        assert [g.name for g in groups.groups] == ["apps", "coordination.k8s.io", "discovery.k8s.io"]
         apps = client.AppsV1Api(api).get_api_resources()
         scale = next(r for r in apps.resources if r.name == "deployments/scale")
         assert (scale.group, scale.version, scale.kind) == ("autoscaling", "v1", "Scale")

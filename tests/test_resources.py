@@ -132,6 +132,7 @@ def test_api_versions_and_group_list() -> None:
         "apps",
         "events.k8s.io",
         "coordination.k8s.io",
+        "discovery.k8s.io",
     ]
     assert r.api_group(DEFAULT_REGISTRY, "apps")["kind"] == "APIGroup"
     assert r.api_group(DEFAULT_REGISTRY, "batch") is None
@@ -186,7 +187,11 @@ def test_aggregated_discovery_shapes() -> None:
 
     apis = r.aggregated_discovery(DEFAULT_REGISTRY, legacy=False, version="v2beta1")
     assert apis["apiVersion"] == "apidiscovery.k8s.io/v2beta1"
-    assert [g["metadata"]["name"] for g in apis["items"]] == ["apps", "coordination.k8s.io"]
+    assert [g["metadata"]["name"] for g in apis["items"]] == [
+        "apps",
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+    ]
     deploy = next(e for e in apis["items"][0]["versions"][0]["resources"] if e["resource"] == "deployments")
     scale = next(s for s in deploy["subresources"] if s["subresource"] == "scale")
     assert scale["responseKind"] == {"group": "autoscaling", "version": "v1", "kind": "Scale"}

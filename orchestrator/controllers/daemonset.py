@@ -6,13 +6,15 @@ and unreachable NoExecute, the pressure and unschedulable NoSchedule taints) —
 node's NoSchedule and NoExecute taints. A daemon pod whose node grows an untolerated NoSchedule
 taint keeps running; an untolerated NoExecute taint removes it (kube's NodeShouldRunDaemonPod).
 
-`sync(namespace/name)` claims the daemon's pods, then (once earlier creations and deletions
+`sync(namespace/name)` first brings the revision history up to date (see `revisions`: one
+ControllerRevision per template, the current one at the top, at most revisionHistoryLimit old
+ones), takes the current revision's hash, claims the daemon's pods, then (once earlier creations and deletions
 have shown up in the cache — expectations, as for ReplicaSets) creates a pod for every node
 that needs one and deletes pods on nodes that must not run one, failed pods and duplicates.
 Each pod is created with required node affinity `metadata.name In [node]` (kube's
 ReplaceDaemonSetPodNodeNameNodeAffinity), so the scheduler places it, honouring everything else.
 With nothing left to create or delete, a RollingUpdate replaces out-of-date pods (those whose
-`controller-revision-hash` label is not the template's hash) while at most maxUnavailable
+`controller-revision-hash` label is not the current revision's hash) while at most maxUnavailable
 nodes are without an available daemon pod (or, with maxSurge, starts the new pod first).
 Status: desired/current/updated numberScheduled, numberReady, numberAvailable,
 numberUnavailable, numberMisscheduled, observedGeneration.
@@ -22,30 +24,34 @@ The decisions are the pure functions below; `DaemonSetController` reads caches a
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.apiclient import DAEMONSETS, NODES, PODS, ApiError, NotFound, Obj
+from orchestrator.apiclient import DAEMONSETS, NODES, PODS, AlreadyExists, Conflict, NotFound, Obj
 from orchestrator.selectors import SelectorError, selector_from_object
 
 from .base import (
     BY_CONTROLLER_UID,
     ORPHANS_BY_NAMESPACE,
-    BaseController,
     ControllerContext,
+    ControllerRefManager,
+    PodOwnerController,
     index_by_controller_uid,
     index_orphans_by_namespace,
-    slow_start_batch,
-    update_status_with_retry,
 )
-from .expectations import UIDTrackingControllerExpectations
-from .history import compute_hash
-from .replicaset import namespace_terminating, pod_from_template
+from .revisions import (
+    CONTROLLERREVISIONS,
+    REVISION_HASH_LABEL,
+    matches,
+    plan_history,
+    revision_hash,
+    revisions_to_prune,
+    template_hash,
+)
 from .util import (
     NO_EXECUTE,
     NO_SCHEDULE,
@@ -56,11 +62,9 @@ from .util import (
     TAINT_PID_PRESSURE,
     TAINT_UNREACHABLE,
     TAINT_UNSCHEDULABLE,
-    adopt_patch,
     annotations_of,
     being_deleted,
-    claim,
-    controller_ref,
+    controlled_by,
     creation_time,
     generation_of,
     int_field,
@@ -69,13 +73,12 @@ from .util import (
     is_pod_terminal,
     key_of,
     labels_of,
-    meta,
     name_of,
     namespace_of,
     new_controller_ref,
     node_matches_pod_affinity,
     node_taints,
-    release_patch,
+    pod_from_template,
     scaled_value,
     selector_is_empty,
     spec,
@@ -89,10 +92,10 @@ log = logging.getLogger(__name__)
 
 COMPONENT = "daemonset-controller"
 BURST_REPLICAS = 250
-REVISION_HASH_LABEL = "controller-revision-hash"
 TEMPLATE_GENERATION_LABEL = "pod-template-generation"
 TEMPLATE_GENERATION_ANNOTATION = "deprecated.daemonset.template.generation"
 FAILED_POD_BACKOFF = (1.0, 15 * 60.0)
+CONFLICT_RETRY = 0.05
 
 
 # --- pure decisions ------------------------------------------------------------------------------
@@ -149,9 +152,7 @@ def template_generation(ds: Mapping[str, Any]) -> int | None:
         return None
 
 
-def daemonset_hash(ds: Mapping[str, Any]) -> str:
-    collision = status(ds).get("collisionCount")
-    return compute_hash(spec(ds).get("template") or {}, collision if isinstance(collision, int) else None)
+daemonset_hash = template_hash
 
 
 def pod_template(ds: Mapping[str, Any], hash_: str) -> Obj:
@@ -481,33 +482,35 @@ def _node_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
     return (labels_of(node), spec(node).get("taints"), spec(node).get("unschedulable"))
 
 
-class DaemonSetController(BaseController):
+class DaemonSetController(PodOwnerController):
     name = "daemonset"
     default_workers = 2
+    api_version = "apps/v1"
+    kind = "DaemonSet"
+    owner_gvr = DAEMONSETS
+    component = COMPONENT
 
     def __init__(self, ctx: ControllerContext) -> None:
         super().__init__(ctx)
-        self.recorder = ctx.recorder(COMPONENT)
-        self.expectations = UIDTrackingControllerExpectations()
+        self.ds_informer = self.owners
         self.backoff = _Backoff(*FAILED_POD_BACKOFF)
-        self.ds_informer = self.informer(DAEMONSETS)
         self.node_informer = self.informer(NODES)
-        self.pod_informer = self.informer(
-            PODS,
+        self.node_informer.add_handler(self._node_changed, self._node_updated, self._node_changed)
+        self.revision_informer = self.informer(
+            CONTROLLERREVISIONS,
             indexers={
                 BY_CONTROLLER_UID: index_by_controller_uid,
                 ORPHANS_BY_NAMESPACE: index_orphans_by_namespace,
             },
         )
-        self.ds_informer.add_handler(self.enqueue_obj, lambda o, c: self.enqueue_obj(c), self._ds_deleted)
-        self.pod_informer.add_handler(self._pod_added, self._pod_updated, self._pod_deleted)
-        self.node_informer.add_handler(self._node_changed, self._node_updated, self._node_changed)
+        self.revision_refs = ControllerRefManager(
+            self.client, DAEMONSETS, CONTROLLERREVISIONS, self.api_version, self.kind
+        )
+        self.revision_informer.add_handler(
+            self._revision_changed, lambda old, cur: self._revision_changed(cur), self._revision_changed
+        )
 
     # --- handlers -------------------------------------------------------------------------------
-
-    def _ds_deleted(self, ds: Obj) -> None:
-        self.expectations.delete(key_of(ds))
-        self.enqueue_obj(ds)
 
     def _node_changed(self, node: Obj) -> None:
         for ds in self.ds_informer.list():
@@ -517,66 +520,9 @@ class DaemonSetController(BaseController):
         if _node_view(old) != _node_view(cur):
             self._node_changed(cur)
 
-    def _resolve(self, namespace: str, ref: Mapping[str, Any] | None) -> Obj | None:
-        if ref is None or ref.get("kind") != "DaemonSet":
-            return None
-        ds = self.ds_informer.get(f"{namespace}/{ref.get('name')}")
-        return ds if ds is not None and uid_of(ds) == ref.get("uid") else None
-
-    def _matching(self, pod: Mapping[str, Any]) -> list[Obj]:
-        out = []
-        for ds in self.ds_informer.list(namespace_of(pod)):
-            try:
-                sel = selector_from_object(spec(ds).get("selector"))
-            except SelectorError:
-                continue
-            if not sel.empty and sel.matches(labels_of(pod)):
-                out.append(ds)
-        return out
-
-    def _pod_added(self, pod: Obj) -> None:
-        if being_deleted(pod):
-            self._pod_deleted(pod)
-            return
-        ref = controller_ref(pod)
-        if ref is not None:
-            ds = self._resolve(namespace_of(pod), ref)
-            if ds is not None:
-                self.expectations.creation_observed(key_of(ds))
-                self.enqueue_obj(ds)
-            return
-        for ds in self._matching(pod):
+    def _revision_changed(self, rev: Obj) -> None:
+        for ds in self.owners_of(rev):
             self.enqueue_obj(ds)
-
-    def _pod_updated(self, old: Obj, cur: Obj) -> None:
-        if meta(old).get("resourceVersion") == meta(cur).get("resourceVersion"):
-            return
-        if being_deleted(cur):
-            self._pod_deleted(cur)
-            return
-        cur_ref, old_ref = controller_ref(cur), controller_ref(old)
-        if (cur_ref or {}).get("uid") != (old_ref or {}).get("uid") and old_ref is not None:
-            ds = self._resolve(namespace_of(old), old_ref)
-            if ds is not None:
-                self.enqueue_obj(ds)
-        if cur_ref is not None:
-            ds = self._resolve(namespace_of(cur), cur_ref)
-            if ds is not None:
-                self.enqueue_obj(ds)
-                min_ready = int_field(spec(ds), "minReadySeconds")
-                if min_ready > 0 and not is_pod_ready(old) and is_pod_ready(cur):
-                    self.enqueue_after(key_of(ds), float(min_ready) + 1.0)
-            return
-        if labels_of(old) != labels_of(cur) or old_ref is not None:
-            for ds in self._matching(cur):
-                self.enqueue_obj(ds)
-
-    def _pod_deleted(self, pod: Obj) -> None:
-        ds = self._resolve(namespace_of(pod), controller_ref(pod))
-        if ds is None:
-            return
-        self.expectations.deletion_observed_of(key_of(ds), key_of(pod))
-        self.enqueue_obj(ds)
 
     # --- sync -------------------------------------------------------------------------------------
 
@@ -593,7 +539,15 @@ class DaemonSetController(BaseController):
             return
         if being_deleted(ds):
             return
-        hash_ = daemonset_hash(ds)
+        try:
+            history = await self._construct_history(ds)
+        except Conflict as exc:  # a revision changed under a stale cache: look again shortly
+            log.debug("%s: %s; syncing again", key, exc)
+            self.enqueue_after(key, CONFLICT_RETRY)
+            return
+        if history is None:
+            return  # the history changed under us; the revision events bring us back
+        hash_, old_revisions = history
         if not self.expectations.satisfied(key):
             await self._update_status(ds, nodes, hash_, False)
             return
@@ -621,106 +575,112 @@ class DaemonSetController(BaseController):
                 log.info("%s: %s", key, exc)
             else:
                 await self._sync_nodes(key, ds, update.delete, update.create_on, hash_)
+        if self.expectations.satisfied(key):
+            await self._cleanup_history(ds, old_revisions)
         await self._update_status(ds, nodes, hash_, True)
+
+    # --- revision history ---------------------------------------------------------------------------
+
+    async def _construct_history(self, ds: Obj) -> tuple[str, list[Obj]] | None:
+        """constructHistory: claim the DaemonSet's ControllerRevisions and make exactly one of
+        them current, at the top of the history. The current hash and the old revisions; None
+        when revisions were relabelled (the next sync sees them)."""
+        try:
+            sel = selector_from_object(spec(ds).get("selector"))
+        except SelectorError:
+            sel = None
+        candidates = self.revision_informer.by_index(BY_CONTROLLER_UID, uid_of(ds))
+        candidates += self.revision_informer.by_index(ORPHANS_BY_NAMESPACE, namespace_of(ds))
+        revisions = await self.revision_refs.claim(
+            ds, candidates, lambda r: sel is not None and not sel.empty and sel.matches(labels_of(r))
+        )
+        ref = new_controller_ref(ds, self.api_version, self.kind)
+        plan = plan_history(ds, revisions, ref)
+        if plan.label:
+            for rev in plan.label:
+                await self._ignore_missing(self.client.update(*CONTROLLERREVISIONS, rev))
+            return None
+        if plan.create is not None:
+            current = await self._create_revision(ds, plan.create)
+        elif plan.current is not None and plan.renumber is not None:
+            current = await self.client.update(
+                *CONTROLLERREVISIONS, {**plan.current, "revision": plan.renumber}
+            )
+        else:
+            current = plan.current or {}
+        hash_ = revision_hash(current)
+        for dup in plan.duplicates:
+            await self._dedup(ds, dup, hash_)
+        return hash_, plan.old
+
+    async def _create_revision(self, ds: Obj, rev: Obj) -> Obj:
+        """Create the current revision; a name taken by ours with the same data is a stale cache,
+        by anything else a hash collision: bump status.collisionCount (a new name) and retry."""
+        try:
+            return await self.client.create(*CONTROLLERREVISIONS, rev, namespace=namespace_of(ds))
+        except AlreadyExists:
+            existing = await self.client.get(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(ds))
+        if controlled_by(existing, uid_of(ds)) and matches(ds, existing):
+            return existing
+        await self.record_hash_collision(ds, name_of(rev))
+        raise AlreadyExists(
+            409, "AlreadyExists", f"controllerrevision {name_of(rev)!r} exists (hash collision)"
+        )
+
+    async def _dedup(self, ds: Obj, dup: Obj, hash_: str) -> None:
+        """dedupCurHistories: pods of a duplicate current revision take the kept one's hash, then
+        the duplicate goes."""
+        dup_hash = revision_hash(dup)
+        for pod in self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds)):
+            if labels_of(pod).get(REVISION_HASH_LABEL) == dup_hash:
+                patch = {"metadata": {"labels": {REVISION_HASH_LABEL: hash_}}}
+                await self._ignore_missing(
+                    self.client.patch(*PODS, name_of(pod), patch, namespace=namespace_of(pod))
+                )
+        await self._ignore_missing(
+            self.client.delete(*CONTROLLERREVISIONS, name_of(dup), namespace=namespace_of(dup))
+        )
+
+    async def _cleanup_history(self, ds: Obj, old: list[Obj]) -> None:
+        pods = self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds))
+        for rev in revisions_to_prune(ds, old, pods):
+            await self._ignore_missing(
+                self.client.delete(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(rev))
+            )
+
+    @staticmethod
+    async def _ignore_missing(call: Awaitable[Obj]) -> None:
+        try:
+            await call
+        except NotFound:
+            pass
 
     async def _claimed_by_node(self, ds: Obj) -> dict[str, list[Mapping[str, Any]]]:
         try:
             sel = selector_from_object(spec(ds).get("selector"))
         except SelectorError:
             return {}
-        candidates = self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds)) + self.pod_informer.by_index(
-            ORPHANS_BY_NAMESPACE, namespace_of(ds)
-        )
-        decided = claim(ds, candidates, lambda p: not sel.empty and sel.matches(labels_of(p)))
-        pods: list[Mapping[str, Any]] = list(decided.owned)
-        if decided.adopt:
-            try:
-                fresh = await self.client.get(*DAEMONSETS, name_of(ds), namespace=namespace_of(ds))
-            except NotFound:
-                fresh = None
-            if fresh is not None and uid_of(fresh) == uid_of(ds) and not being_deleted(fresh):
-                ref = new_controller_ref(ds, "apps/v1", "DaemonSet")
-                for pod in decided.adopt:
-                    try:
-                        pods.append(
-                            await self.client.patch(
-                                *PODS,
-                                name_of(pod),
-                                adopt_patch(pod, ref),
-                                namespace=namespace_of(pod),
-                                patch_type="strategic",
-                            )
-                        )
-                    except NotFound:
-                        continue
-        for pod in decided.release:
-            try:
-                await self.client.patch(
-                    *PODS,
-                    name_of(pod),
-                    release_patch(pod, uid_of(ds)),
-                    namespace=namespace_of(pod),
-                    patch_type="strategic",
-                )
-            except NotFound:
-                continue
+        pods = await self.claim_owned(ds, lambda p: not sel.empty and sel.matches(labels_of(p)))
         return nodes_to_daemon_pods(pods)
 
     async def _sync_nodes(
         self, key: str, ds: Obj, to_delete: list[Mapping[str, Any]], create_on: list[str], hash_: str
     ) -> None:
-        create_on = create_on[:BURST_REPLICAS]
-        to_delete = to_delete[:BURST_REPLICAS]
-        if not create_on and not to_delete:
-            return
-        self.expectations.expect(key, len(create_on), [key_of(p) for p in to_delete])
         tmpl = pod_template(ds, hash_)
-        ref = new_controller_ref(ds, "apps/v1", "DaemonSet")
-        pending = list(create_on)
-        errors: list[ApiError] = []
+        ref = new_controller_ref(ds, self.api_version, self.kind)
+        pending = list(create_on[:BURST_REPLICAS])
 
-        async def create_one() -> None:
-            node_name = pending.pop(0)
+        def next_body() -> Obj:
             t = copy.deepcopy(tmpl)
-            t["spec"]["affinity"] = pin_to_node(t["spec"].get("affinity"), node_name)
-            body = pod_from_template(ds, t, ref)
-            try:
-                pod = await self.client.create(*PODS, body, namespace=namespace_of(ds))
-            except ApiError as exc:
-                if namespace_terminating(exc):
-                    return
-                self.expectations.creation_observed(key)
-                self.recorder.warning(ds, "FailedCreate", f"Error creating: {exc.message}")
-                errors.append(exc)
-                raise
-            self.recorder.normal(ds, "SuccessfulCreate", f"Created pod: {name_of(pod)}")
+            t["spec"]["affinity"] = pin_to_node(t["spec"].get("affinity"), pending.pop(0))
+            return pod_from_template(ds, t, ref)
 
-        if create_on:
-            await slow_start_batch(len(create_on), 1, create_one)
-            for _ in range(len(pending)):  # never attempted: do not wait for them
-                self.expectations.creation_observed(key)
-
-        async def delete_one(pod: Mapping[str, Any]) -> None:
-            try:
-                await self.client.delete(*PODS, name_of(pod), namespace=namespace_of(pod))
-            except ApiError as exc:
-                self.expectations.deletion_observed_of(key, key_of(pod))
-                if not isinstance(exc, NotFound):
-                    self.recorder.warning(ds, "FailedDelete", f"Error deleting: {exc.message}")
-                    errors.append(exc)
-                return
-            self.recorder.normal(ds, "SuccessfulDelete", f"Deleted pod: {name_of(pod)}")
-
-        await asyncio.gather(*(delete_one(p) for p in to_delete))
-        if errors:
-            raise errors[0]
+        await self.pod_control.sync_pods(key, ds, len(pending), next_body, to_delete[:BURST_REPLICAS])
 
     async def _update_status(self, ds: Obj, nodes: list[Obj], hash_: str, observe: bool) -> None:
         by_node = nodes_to_daemon_pods(self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds)))
         now = self.now()
         new = calculate_status(ds, nodes, by_node, hash_, now, generation_of(ds) if observe else None)
         if new != dict(status(ds)):
-            await update_status_with_retry(self.client, DAEMONSETS, ds, new)
-        min_ready = int_field(spec(ds), "minReadySeconds")
-        if min_ready > 0 and new.get("numberReady", 0) != new.get("numberAvailable", 0):
-            self.enqueue_after(key_of(ds), float(min_ready))
+            await self.write_status(ds, new)
+        self.wake_when_available(ds, new.get("numberReady", 0) != new.get("numberAvailable", 0))

@@ -51,11 +51,9 @@ from orchestrator.selectors import SelectorError, selector_from_object
 
 from .base import (
     BY_CONTROLLER_UID,
-    ORPHANS_BY_NAMESPACE,
-    BaseController,
     ControllerContext,
+    WorkloadController,
     index_by_controller_uid,
-    index_orphans_by_namespace,
 )
 from .history import (
     DESIRED_REPLICAS_ANNOTATION,
@@ -72,10 +70,8 @@ from .history import (
 )
 from .util import (
     POD_TEMPLATE_HASH_LABEL,
-    adopt_patch,
     annotations_of,
     being_deleted,
-    claim,
     controller_ref,
     creation_time,
     format_time,
@@ -89,7 +85,6 @@ from .util import (
     namespace_of,
     new_controller_ref,
     parse_time,
-    release_patch,
     remove_condition,
     scaled_value,
     selector_is_empty,
@@ -869,80 +864,23 @@ class DeploymentPlanner:
 # --- the controller ------------------------------------------------------------------------------
 
 
-class DeploymentController(BaseController):
+class DeploymentController(WorkloadController):
     name = "deployment"
     default_workers = 5
+    api_version = "apps/v1"
+    kind = "Deployment"
+    owner_gvr = DEPLOYMENTS
+    owned_gvr = REPLICASETS
 
     def __init__(self, ctx: ControllerContext) -> None:
         super().__init__(ctx)
         self.recorder = ctx.recorder(COMPONENT)
-        self.d_informer = self.informer(DEPLOYMENTS)
-        self.rs_informer = self.informer(
-            REPLICASETS,
-            indexers={
-                BY_CONTROLLER_UID: index_by_controller_uid,
-                ORPHANS_BY_NAMESPACE: index_orphans_by_namespace,
-            },
-        )
+        self.d_informer = self.owners
+        self.rs_informer = self.owned
         self.pod_informer = self.informer(PODS, indexers={BY_CONTROLLER_UID: index_by_controller_uid})
-        self.d_informer.add_handler(
-            self.enqueue_obj, lambda old, cur: self.enqueue_obj(cur), self.enqueue_obj
-        )
-        self.rs_informer.add_handler(self._rs_added, self._rs_updated, self._rs_deleted)
         self.pod_informer.add_handler(None, None, self._pod_deleted)
 
     # --- handlers -------------------------------------------------------------------------------
-
-    def _resolve(self, namespace: str, ref: Mapping[str, Any] | None) -> Obj | None:
-        if ref is None or ref.get("kind") != "Deployment":
-            return None
-        d = self.d_informer.get(f"{namespace}/{ref.get('name')}")
-        return d if d is not None and uid_of(d) == ref.get("uid") else None
-
-    def _matching_deployments(self, rs: Mapping[str, Any]) -> list[Obj]:
-        labels = labels_of(rs)
-        out = []
-        for d in self.d_informer.list(namespace_of(rs)):
-            try:
-                sel = selector_from_object(spec(d).get("selector"))
-            except SelectorError:
-                continue
-            if not sel.empty and sel.matches(labels):
-                out.append(d)
-        return out
-
-    def _rs_added(self, rs: Obj) -> None:
-        ref = controller_ref(rs)
-        if ref is not None:
-            d = self._resolve(namespace_of(rs), ref)
-            if d is not None:
-                self.enqueue_obj(d)
-            return
-        for d in self._matching_deployments(rs):
-            self.enqueue_obj(d)
-
-    def _rs_updated(self, old: Obj, cur: Obj) -> None:
-        if meta(old).get("resourceVersion") == meta(cur).get("resourceVersion"):
-            return
-        cur_ref, old_ref = controller_ref(cur), controller_ref(old)
-        ref_changed = (cur_ref or {}).get("uid") != (old_ref or {}).get("uid")
-        if ref_changed and old_ref is not None:
-            d = self._resolve(namespace_of(old), old_ref)
-            if d is not None:
-                self.enqueue_obj(d)
-        if cur_ref is not None:
-            d = self._resolve(namespace_of(cur), cur_ref)
-            if d is not None:
-                self.enqueue_obj(d)
-            return
-        if ref_changed or labels_of(old) != labels_of(cur):
-            for d in self._matching_deployments(cur):
-                self.enqueue_obj(d)
-
-    def _rs_deleted(self, rs: Obj) -> None:
-        d = self._resolve(namespace_of(rs), controller_ref(rs))
-        if d is not None:
-            self.enqueue_obj(d)
 
     def _pod_deleted(self, pod: Obj) -> None:
         """A Recreate rollout waits for the old pods to be gone: wake it when one goes."""
@@ -952,7 +890,7 @@ class DeploymentController(BaseController):
         rs = self.rs_informer.get(f"{namespace_of(pod)}/{ref.get('name')}")
         if rs is None:
             return
-        d = self._resolve(namespace_of(rs), controller_ref(rs))
+        d = self.resolve_owner(namespace_of(rs), controller_ref(rs))
         if d is not None and not is_rolling(d):
             self.enqueue_obj(d)
 
@@ -967,11 +905,7 @@ class DeploymentController(BaseController):
         except SelectorError as exc:
             log.info("%s: invalid selector: %s", key, exc)
             return
-        candidates = self.rs_informer.by_index(BY_CONTROLLER_UID, uid_of(d)) + self.rs_informer.by_index(
-            ORPHANS_BY_NAMESPACE, namespace_of(d)
-        )
-        decided = claim(d, candidates, lambda rs: not sel.empty and sel.matches(labels_of(rs)))
-        rss = list(decided.owned) + await self._adopt_and_release(d, decided.adopt, decided.release)
+        rss = await self.claim_owned(d, lambda rs: not sel.empty and sel.matches(labels_of(rs)))
         pod_map = {uid_of(rs): self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(rs)) for rs in rss}
         try:
             plan = DeploymentPlanner(d, rss, pod_map, self.now()).plan()
@@ -990,44 +924,6 @@ class DeploymentController(BaseController):
             self.queue.add_rate_limited(key)
         elif plan.requeue_after is not None:
             self.enqueue_after(key, plan.requeue_after)
-
-    async def _adopt_and_release(
-        self, d: Obj, adopt: list[Mapping[str, Any]], release: list[Mapping[str, Any]]
-    ) -> list[Obj]:
-        adopted: list[Obj] = []
-        if adopt:
-            try:
-                fresh = await self.client.get(*DEPLOYMENTS, name_of(d), namespace=namespace_of(d))
-            except NotFound:
-                return adopted
-            if uid_of(fresh) != uid_of(d) or being_deleted(fresh):
-                adopt = []
-        ref = new_controller_ref(d, "apps/v1", "Deployment")
-        for rs in adopt:
-            try:
-                adopted.append(
-                    await self.client.patch(
-                        *REPLICASETS,
-                        name_of(rs),
-                        adopt_patch(rs, ref),
-                        namespace=namespace_of(rs),
-                        patch_type="strategic",
-                    )
-                )
-            except NotFound:
-                continue
-        for rs in release:
-            try:
-                await self.client.patch(
-                    *REPLICASETS,
-                    name_of(rs),
-                    release_patch(rs, uid_of(d)),
-                    namespace=namespace_of(rs),
-                    patch_type="strategic",
-                )
-            except NotFound:
-                continue
-        return adopted
 
     async def _execute(self, d: Obj, plan: Plan) -> None:
         """Send the plan's writes in order; stop at the first failure (the key is retried)."""
@@ -1108,15 +1004,7 @@ class DeploymentController(BaseController):
         ):
             self.enqueue(key_of(d))
             return
-        st = dict(status(d))
-        st["collisionCount"] = int_field(st, "collisionCount") + 1
-        log.info(
-            "%s: hash collision on %s; collisionCount now %d",
-            key_of(d),
-            name_of(planned),
-            st["collisionCount"],
-        )
-        await self.client.update_status(*DEPLOYMENTS, {**d, "status": st}, namespace=namespace_of(d))
+        await self.record_hash_collision(d, name_of(planned))
         self.enqueue(key_of(d))
 
     async def _on_rs_create_failed(self, d: Obj, planned: Obj, exc: ApiError) -> None:

@@ -31,6 +31,7 @@ from .daemonset import DaemonSetController
 from .deployment import DeploymentController
 from .discovery import discover
 from .endpoints import EndpointsController
+from .endpointslice import EndpointSliceController
 from .garbagecollector import GarbageCollector
 from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController, TaintEvictionController
@@ -45,6 +46,7 @@ CONTROLLERS: dict[str, Callable[..., BaseController]] = {
     "deployment": DeploymentController,
     "daemonset": DaemonSetController,
     "endpoint": EndpointsController,
+    "endpointslice": EndpointSliceController,
     "namespace": NamespaceController,
     "nodelifecycle": NodeLifecycleController,
     "taint-eviction-controller": TaintEvictionController,

@@ -10,6 +10,7 @@ testable over a snapshot.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -298,6 +299,30 @@ def rank_pods_for_deletion(
         return 0
 
     return [pod for pod, _ in sorted(ranked, key=cmp_to_key(cmp))]
+
+
+def pod_from_template(owner: Mapping[str, Any], template: Mapping[str, Any], ref: Mapping[str, Any]) -> Obj:
+    """controller.GetPodFromTemplate: a pod for `owner` (named `<owner>-xxxxx` by the server)."""
+    tmeta = template.get("metadata") or {}
+    labels = dict(tmeta.get("labels") or {})
+    if not labels:
+        raise ValueError("unable to create pods, no labels")
+    pod_meta: Obj = {
+        "generateName": f"{name_of(owner)}-",
+        "namespace": namespace_of(owner),
+        "labels": labels,
+        "ownerReferences": [dict(ref)],
+    }
+    if tmeta.get("annotations"):
+        pod_meta["annotations"] = dict(tmeta["annotations"])
+    if tmeta.get("finalizers"):
+        pod_meta["finalizers"] = list(tmeta["finalizers"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": pod_meta,
+        "spec": copy.deepcopy(dict(template.get("spec") or {})),
+    }
 
 
 # --- owner references ------------------------------------------------------------------------------
