@@ -23,9 +23,11 @@ import orjson
 
 __all__ = [
     "CONFIGMAPS",
+    "CONTROLLERREVISIONS",
     "DAEMONSETS",
     "DEPLOYMENTS",
     "ENDPOINTS",
+    "ENDPOINTSLICES",
     "EVENTS",
     "LEASES",
     "NAMESPACES",
@@ -76,6 +78,8 @@ LEASES = GroupVersionResource("coordination.k8s.io", "v1", "leases")
 DEPLOYMENTS = GroupVersionResource("apps", "v1", "deployments")
 REPLICASETS = GroupVersionResource("apps", "v1", "replicasets")
 DAEMONSETS = GroupVersionResource("apps", "v1", "daemonsets")
+CONTROLLERREVISIONS = GroupVersionResource("apps", "v1", "controllerrevisions")
+ENDPOINTSLICES = GroupVersionResource("discovery.k8s.io", "v1", "endpointslices")
 
 
 # --- errors ---------------------------------------------------------------------------------

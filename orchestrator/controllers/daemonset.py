@@ -31,7 +31,16 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.apiclient import DAEMONSETS, NODES, PODS, AlreadyExists, Conflict, NotFound, Obj
+from orchestrator.apiclient import (
+    CONTROLLERREVISIONS,
+    DAEMONSETS,
+    NODES,
+    PODS,
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Obj,
+)
 from orchestrator.selectors import SelectorError, selector_from_object
 
 from .base import (
@@ -44,7 +53,6 @@ from .base import (
     index_orphans_by_namespace,
 )
 from .revisions import (
-    CONTROLLERREVISIONS,
     REVISION_HASH_LABEL,
     matches,
     plan_history,

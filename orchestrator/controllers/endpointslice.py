@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.apiclient import (
+    ENDPOINTSLICES,
     NODES,
     PODS,
     SERVICES,
     AlreadyExists,
     ApiError,
     Conflict,
-    GroupVersionResource,
     NotFound,
     Obj,
 )
@@ -58,7 +58,6 @@ from .util import (
 
 log = logging.getLogger(__name__)
 
-ENDPOINTSLICES = GroupVersionResource("discovery.k8s.io", "v1", "endpointslices")
 API_VERSION = "discovery.k8s.io/v1"
 COMPONENT = "endpoint-slice-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

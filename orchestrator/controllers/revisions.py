@@ -21,12 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.apiclient import GroupVersionResource
-
 from .history import compute_hash, normalize
 from .util import Obj, annotations_of, int_field, labels_of, name_of, namespace_of, spec, status
 
-CONTROLLERREVISIONS = GroupVersionResource("apps", "v1", "controllerrevisions")
 REVISION_HASH_LABEL = "controller-revision-hash"
 DEFAULT_REVISION_HISTORY_LIMIT = 10
 
