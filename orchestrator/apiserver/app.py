@@ -49,6 +49,8 @@ from .handlers import (
     shape_object,
     write_options,
 )
+from .metricsapi import PATHS as METRICS_PATHS
+from .metricsapi import MetricsApi, extend_discovery, is_metrics_path
 from .namespaces import NamespaceLifecycle
 from .podproxy import PodProxy
 from .routing import RequestInfo, is_true, parse_request
@@ -130,6 +132,7 @@ class ApiServer:
         self.caches = WatchCaches(self.storage, config.watch_cache_size)
         self.api.caches = self.caches
         self.pod_proxy = PodProxy(self.storage, registry)
+        self.metrics_api = MetricsApi(self.storage, registry)
         self.metrics = Metrics()
         self._discovery: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._bootstrapped = False
@@ -148,6 +151,7 @@ class ApiServer:
                 await self._bootstrap_task
         await self.caches.stop()
         await self.pod_proxy.close()
+        await self.metrics_api.close()
         await self.api.namespaces.stop()
         await self.kv.close()
 
@@ -315,6 +319,7 @@ class ApiServer:
         for group, version in self.registry.group_versions():
             if group:
                 paths += [f"/apis/{group}", f"/apis/{group}/{version}"]
+        paths += METRICS_PATHS
         return web.Response(body=orjson.dumps({"paths": sorted(set(paths))}), content_type="application/json")
 
     async def health(self, request: web.Request) -> web.Response:
@@ -386,6 +391,7 @@ class ApiServer:
             if found is None:
                 raise errors.path_not_found()
             doc, content_type = found
+            doc = extend_discovery(request.path, doc)  # the metrics.k8s.io group
             cached = (orjson.dumps(doc), content_type)
             if len(self._discovery) < 256:
                 self._discovery[key] = cached
@@ -398,6 +404,8 @@ class ApiServer:
     # --- resources ------------------------------------------------------------------------
 
     async def resource(self, request: web.Request) -> web.StreamResponse:
+        if is_metrics_path(request.path):
+            return await self.metrics_api.serve(request)
         info = parse_request(self.registry, request.method, request.path, request.query.get("watch"))
         if info is None:
             return self.discovery(request)
