@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import docker.errors
@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from node import podsync
 from node.agent import NodeAgent, NodeHost
+from node.fake import FakeRuntime
 from node.runtime.types import ContainerInfo, ContainerRuntimeError, ContainerStats
 
 log = logging.getLogger("grove.node.server")
@@ -343,8 +344,10 @@ class AgentServer:
 
     # --- stats ----------------------------------------------------------------------------------
 
-    async def _samples(self) -> list[tuple[NodeAgent, dict[str, Any], ContainerInfo, ContainerStats]]:
-        """One stats sample per running container of every pod on these nodes."""
+    async def _samples(
+        self, agents: Iterable[NodeAgent] | None = None
+    ) -> list[tuple[NodeAgent, dict[str, Any], ContainerInfo, ContainerStats]]:
+        """One stats sample per running container of every pod on these nodes (or only `agents`')."""
         out: list[tuple[NodeAgent, dict[str, Any], ContainerInfo, ContainerStats]] = []
         limit = asyncio.Semaphore(8)
 
@@ -356,7 +359,7 @@ class AgentServer:
                     log.debug("stats of %s failed: %s", c.name, e)
 
         jobs = []
-        for agent in self.host.agents.values():
+        for agent in self.host.agents.values() if agents is None else agents:
             on_engine = await agent._rt(agent.runtime.list_pod_containers)
             for pod in agent.my_pods():
                 pc = on_engine.get(str(pod["metadata"].get("uid")))
@@ -401,14 +404,18 @@ class AgentServer:
             },
         }
 
+    def _hollow(self, agent: NodeAgent) -> bool:
+        return isinstance(agent.runtime, FakeRuntime)
+
     async def stats_summary(self, request: web.Request) -> web.Response:
-        samples = await self._samples()
         now = podsync.rfc3339(time.time())
         node_name = request.query.get("node") or next(iter(self.host.agents))
         agent = self.host.agents.get(node_name)
         if agent is None:
             raise not_found(f'nodes "{node_name}" not found')
-        node = self._node_usage()
+        samples = await self._samples([agent])
+        # A hollow node has no machine of its own: its usage is what its pods use, not the host's.
+        node = None if self._hollow(agent) else self._node_usage()
         pods: dict[str, dict[str, Any]] = {}
         for a, pod, c, s in samples:
             if a is not agent:
@@ -448,6 +455,18 @@ class AgentServer:
                 entry["cpu"][k] += cpu[k]
             for k in ("usageBytes", "workingSetBytes", "rssBytes"):
                 entry["memory"][k] += memory[k]
+        if node is None:
+            cpu_ns = sum(p["cpu"]["usageCoreNanoSeconds"] for p in pods.values())
+            working = sum(p["memory"]["workingSetBytes"] for p in pods.values())
+            node = {
+                "cpu_ns": cpu_ns,
+                "nano_cores": sum(p["cpu"]["usageNanoCores"] for p in pods.values()),
+                "memory": {
+                    "usageBytes": sum(p["memory"]["usageBytes"] for p in pods.values()),
+                    "workingSetBytes": working,
+                    "rssBytes": sum(p["memory"]["rssBytes"] for p in pods.values()),
+                },
+            }
         body = {
             "node": {
                 "nodeName": agent.name,

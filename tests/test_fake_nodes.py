@@ -324,3 +324,8 @@ def test_hollow_pods_run_finish_restart_and_delete(apiserver: ApiServerProcess, 
     summary = json.loads(requests.get(f"{hollow}/stats/summary?node={PREFIX}0", timeout=10).text)
     assert summary["node"]["nodeName"] == f"{PREFIX}0"
     assert {p["podRef"]["name"] for p in summary["pods"]} >= {"web-0", "web-20"}
+    # A hollow node's usage is its pods' (not the host's, which every hollow node would share).
+    pods_cpu = sum(p["cpu"]["usageCoreNanoSeconds"] for p in summary["pods"])
+    pods_memory = sum(p["memory"]["workingSetBytes"] for p in summary["pods"])
+    assert summary["node"]["cpu"]["usageCoreNanoSeconds"] == pods_cpu
+    assert summary["node"]["memory"]["workingSetBytes"] == pods_memory
