@@ -10,6 +10,7 @@ slices go with their Service.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 import pytest
@@ -170,3 +171,9 @@ def test_the_resource_through_kubectl(cluster: Cluster) -> None:  # noqa: F811
     assert 'addressType: Unsupported value: "IPv5"' in result.stderr, result.stderr
     cluster.kubectl("delete", "endpointslice", "-n", ns, "manual-1")
     assert slices(cluster, ns, "manual") == []
+
+
+def test_the_api_server_keeps_the_kubernetes_service_slice(cluster: Cluster) -> None:  # noqa: F811
+    described = cluster.kubectl("describe", "svc", "-n", "default", "kubernetes")
+    line = next(x for x in described.splitlines() if x.startswith("Endpoints:"))
+    assert re.fullmatch(r"Endpoints:\s+\d+\.\d+\.\d+\.\d+:\d+", line.strip()), described

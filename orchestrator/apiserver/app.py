@@ -19,6 +19,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -220,17 +221,38 @@ class ApiServer:
                 }
             ],
         }
-        current = await self.storage.try_get(ep_res, "default", "kubernetes")
-        if current is None:
-            with contextlib.suppress(errors.ApiError):
-                await self.api.create(
-                    ep_res, "default", endpoints, WriteOptions(field_manager="kube-apiserver")
-                )
-        elif current.get("subsets") != endpoints["subsets"]:
-            with contextlib.suppress(errors.ApiError):
-                await self.api.update(
-                    ep_res, "default", "kubernetes", endpoints, WriteOptions(field_manager="kube-apiserver")
-                )
+        await self._keep(ep_res, endpoints, lambda cur: cur.get("subsets") == endpoints["subsets"])
+        slice_res = self.registry.get("discovery.k8s.io", "v1", "endpointslices")
+        if slice_res is not None:  # kubectl describe svc reads a Service's endpoints from its slices
+            port = [{"name": "https", "port": self.config.port, "protocol": "TCP"}]
+            endpoint_slice = {
+                "metadata": {
+                    "name": "kubernetes",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"},
+                },
+                "addressType": "IPv6" if ":" in address else "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+                "ports": port,
+            }
+            await self._keep(
+                slice_res,
+                endpoint_slice,
+                lambda cur: cur.get("endpoints") == endpoint_slice["endpoints"] and cur.get("ports") == port,
+            )
+
+    async def _keep(self, res: Any, body: dict[str, Any], same: Callable[[dict[str, Any]], bool]) -> None:
+        """Create default/<name> of `res`, or replace it when `same` says it differs."""
+        from .handlers import WriteOptions
+
+        meta = body["metadata"]
+        options = WriteOptions(field_manager="kube-apiserver")
+        current = await self.storage.try_get(res, meta["namespace"], meta["name"])
+        with contextlib.suppress(errors.ApiError):
+            if current is None:
+                await self.api.create(res, meta["namespace"], body, options)
+            elif not same(current):
+                await self.api.update(res, meta["namespace"], meta["name"], body, options)
 
     # --- the application ------------------------------------------------------------------
 
