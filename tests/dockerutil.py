@@ -14,7 +14,6 @@ Load them in a test module with `pytest_plugins = ("tests.dockerutil",)`.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,22 +27,14 @@ import pytest
 from node.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
 from node.runtime import DockerRuntime, Sandbox, materialise_volumes
 from node.runtime.types import LABEL_POD_UID
+from tests import waiting
 
 T = TypeVar("T")
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
     """Poll `condition` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
+    return waiting.wait_for(condition, what, timeout)
 
 
 def make_pod(

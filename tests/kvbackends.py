@@ -32,6 +32,7 @@ import requests
 
 from bench.etcd import ETCD_INSTALL_HINT, EtcdCluster, find_etcd, free_ports
 from kvstore.localcluster import GroveCluster
+from tests import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ["etcd", "grove"]
@@ -49,22 +50,11 @@ def wait_for(
 ) -> T:
     """Poll `predicate` until it returns something truthy; fail the test with `what` at the deadline.
 
-    `detail` is called at the deadline for more context (e.g. the end of a member's log)."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (requests.RequestException, OSError, ValueError, KeyError) as exc:
-            last_exc = exc
-        if time.monotonic() > deadline:
-            extra = f" (last error: {last_exc!r})" if last_exc else ""
-            if detail is not None:
-                extra += "\n" + detail()
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
+    Request and parse errors count as "not yet"; `detail` adds context (e.g. a member's log)."""
+    return waiting.wait_for(
+        predicate, what, timeout, detail=detail, interval=interval, max_interval=max(interval, 0.25),
+        errors=(requests.RequestException, OSError, ValueError, KeyError),
+    )  # fmt: skip
 
 
 def get_json(url: str, timeout: float = 2.0) -> dict | None:

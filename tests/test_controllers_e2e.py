@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from kvstore.localcluster import free_port
+from tests import waiting
 from tests.apiserver_fixture import (
     ROOT,
     ApiServerProcess,
@@ -44,19 +45,8 @@ MANAGER_FLAGS = [
 ]  # fmt: skip
 
 
-def wait_for(
-    cond: Callable[[], Any], what: str, timeout: float = DEADLINE, check: Callable[[], None] | None = None
-) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, **kw: Any) -> Any:
+    return waiting.wait_for(cond, what, timeout, **kw)
 
 
 class Proc:

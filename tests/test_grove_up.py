@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import requests
 
 from grove.up import COMPONENTS_FILE, STATUS_FILE, remove_pod_containers
 from kvstore.localcluster import free_port
+from tests import waiting
 
 pytest_plugins = ("tests.dockerutil",)
 
@@ -36,15 +36,8 @@ UP_TIMEOUT = 90.0
 DEADLINE = 30.0
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, **kw: Any) -> Any:
+    return waiting.wait_for(cond, what, timeout, **kw)
 
 
 def _env() -> dict[str, str]:

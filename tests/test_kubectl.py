@@ -8,11 +8,11 @@ import os
 import queue
 import subprocess
 import threading
-import time
 
 import pytest
 import yaml
 
+from tests import waiting
 from tests.apiserver_fixture import KUBECTL, ROOT, apiserver  # noqa: F401
 
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -20,14 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def wait_until(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return waiting.wait_for(check, what, timeout)
 
 
 def get_json(server, *args: str) -> dict:
@@ -39,7 +32,9 @@ def test_version_and_api_resources(apiserver):  # noqa: F811
     assert version["serverVersion"]["gitVersion"] == "v1.32.0-grove"
     assert version["serverVersion"]["major"] == "1" and version["serverVersion"]["minor"] == "32"
     out = apiserver.kubectl("api-resources").stdout
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    rows: dict[str, list[str]] = {}
+    for line in out.splitlines()[1:]:  # the first row of a name: core and apps come before metrics.k8s.io
+        rows.setdefault(line.split()[0], line.split())
     for name, short in [
         ("pods", "po"), ("services", "svc"), ("deployments", "deploy"), ("replicasets", "rs"),
         ("daemonsets", "ds"), ("namespaces", "ns"), ("nodes", "no"), ("configmaps", "cm"),

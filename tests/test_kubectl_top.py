@@ -28,6 +28,7 @@ import requests
 from kvstore.localcluster import free_port
 from node.images import BUSYBOX_IMAGE
 from node.runtime.types import LABEL_POD_UID
+from tests import waiting
 from tests.apiserver_fixture import (
     ROOT,
     ApiServerProcess,
@@ -48,24 +49,8 @@ NUMBERS_NODE = re.compile(r"^(\S+)\s+(\d+)m\s+(\d+|<unknown>)%?\s+(\d+)Mi\s+(\d+
 NUMBERS_POD = re.compile(r"^(\S+)\s+(\d+)m\s+(\d+)Mi\s*$")
 
 
-def wait_for(
-    cond: Callable[[], Any],
-    what: str,
-    check: Callable[[], None] | None = None,
-    detail: Callable[[], str] | None = None,
-) -> Any:
-    end = time.monotonic() + DEADLINE
-    while True:
-        if check is not None:
-            check()
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(
-                f"timed out after {DEADLINE}s waiting for {what}" + (f":\n{detail()}" if detail else "")
-            )
-        time.sleep(0.2)
+def wait_for(cond: Callable[[], Any], what: str, check: Callable[[], None] | None = None, **kw: Any) -> Any:
+    return waiting.wait_for(cond, what, DEADLINE, check=check, **kw)
 
 
 class AgentProcess:

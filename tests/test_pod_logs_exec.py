@@ -25,6 +25,7 @@ import requests
 
 from node.images import BUSYBOX_IMAGE
 from node.runtime.types import LABEL_POD_UID
+from tests import waiting
 from tests.apiserver_fixture import (
     ROOT,
     ApiServerProcess,
@@ -44,19 +45,8 @@ APP_SCRIPT = (
 )
 
 
-def wait_for(
-    cond: Callable[[], Any], what: str, timeout: float = DEADLINE, check: Callable[[], None] | None = None
-) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        if check is not None:
-            check()
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, **kw: Any) -> Any:
+    return waiting.wait_for(cond, what, timeout, **kw)
 
 
 class NodeAgent:
@@ -216,7 +206,9 @@ def test_kubectl_logs_of_each_container_with_options(cluster: Cluster) -> None:
     assert len(stamped) == 2
     for line in stamped:
         stamp, _, text = line.partition(" ")
-        assert stamp[:4].isdigit() and stamp.endswith("Z") and (text.startswith("tick ") or text == "to stderr"), line
+        assert (
+            stamp[:4].isdigit() and stamp.endswith("Z") and (text.startswith("tick ") or text == "to stderr")
+        ), line
     recent = cluster.kubectl("logs", "chatty", "-c", "app", "--since=1h").stdout
     assert "first line" in recent.splitlines()[:2]
     # kubectl picks the first container when none is named, and says so.
