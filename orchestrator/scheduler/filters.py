@@ -12,7 +12,7 @@ kube-scheduler's default profile orders its filter plugins, cheapest questions f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.scheduler.snapshot import (
@@ -30,6 +30,10 @@ from orchestrator.scheduler.snapshot import (
 
 Reasons = str | tuple[str, ...] | None
 FilterFn = Callable[[PodInfo, NodeInfo, Snapshot], Reasons]
+# (pod, nodes in walk order, snapshot, enough) -> (fitting nodes, failed node -> reasons, nodes looked at)
+WalkFn = Callable[
+    [PodInfo, Sequence[NodeInfo], Snapshot, int], tuple[list[NodeInfo], dict[str, tuple[str, ...]], int]
+]
 
 ERR_UNSCHEDULABLE = "node(s) were unschedulable"
 ERR_NODE_NAME = "node(s) didn't match the requested node name"
@@ -65,12 +69,15 @@ def preemption_might_help(reasons: tuple[str, ...]) -> bool:
 @dataclass(frozen=True)
 class Filter:
     """A named filter. `check` runs per node; `applies` lets a pod skip it entirely; `prepare`
-    (instead of `check`) looks at the whole cluster once and returns the per-node check."""
+    (instead of `check`) looks at the whole cluster once and returns the per-node check.
+    `walk`, where given, is the whole search with `check` alone (the same answer in one loop),
+    which the framework uses when this is the only filter that applies to a pod."""
 
     name: str
     check: FilterFn | None = None
     applies: Callable[[PodInfo, Snapshot], bool] | None = None
     prepare: Callable[[PodInfo, Snapshot], FilterFn | None] | None = None
+    walk: WalkFn | None = None
 
     def for_pod(self, pod: PodInfo, snapshot: Snapshot) -> FilterFn | None:
         if self.prepare is not None:
@@ -164,6 +171,39 @@ def node_resources_fit(pod: PodInfo, node: NodeInfo, snapshot: Snapshot) -> Reas
         if amount and amount > alloc.scalar.get(name, 0) - used.scalar.get(name, 0):
             reasons.append(insufficient(name))
     return tuple(reasons) or None
+
+
+def node_resources_fit_walk(
+    pod: PodInfo, nodes: Sequence[NodeInfo], snapshot: Snapshot, enough: int
+) -> tuple[list[NodeInfo], dict[str, tuple[str, ...]], int]:
+    """`node_resources_fit` over nodes in order until `enough` fit, in one loop: the search
+    every plain pod makes over hundreds of nodes."""
+    want = pod.requests
+    cpu, memory, ephemeral = want.cpu, want.memory, want.ephemeral
+    simple = not want.scalar
+    feasible: list[NodeInfo] = []
+    failed: dict[str, tuple[str, ...]] = {}
+    processed = 0
+    for node in nodes:
+        processed += 1
+        alloc, used = node.allocatable, node.requested
+        if (
+            simple
+            and len(node.pods) < node.allowed_pods
+            and cpu <= alloc.cpu - used.cpu
+            and memory <= alloc.memory - used.memory
+            and ephemeral <= alloc.ephemeral - used.ephemeral
+        ):
+            reasons: Reasons = None
+        else:
+            reasons = node_resources_fit(pod, node, snapshot)
+        if reasons:
+            failed[node.name] = (reasons,) if isinstance(reasons, str) else reasons
+        else:
+            feasible.append(node)
+            if len(feasible) >= enough:
+                break
+    return feasible, failed, processed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +342,7 @@ DEFAULT_FILTERS: tuple[Filter, ...] = (
         applies=lambda pod, snapshot: bool(pod.node_selector) or pod.required_node_terms is not None,
     ),
     Filter("NodePorts", node_ports, applies=lambda pod, snapshot: bool(pod.host_ports)),
-    Filter("NodeResourcesFit", node_resources_fit),
+    Filter("NodeResourcesFit", node_resources_fit, walk=node_resources_fit_walk),
     Filter("PodTopologySpread", prepare=prepare_topology_spread),
     Filter("InterPodAffinity", prepare=prepare_inter_pod_affinity),
 )

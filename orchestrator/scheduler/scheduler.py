@@ -6,7 +6,8 @@ scheduling queue. A node informer keeps the snapshot's nodes. Informer handlers 
 snapshot and the queue; one loop pops a pod, decides synchronously (no await between reading
 the snapshot and assuming the result, so decisions never race), assumes it and starts the bind
 in the background — up to `bind_concurrency` binds in flight, which is what lets a burst of pods
-go out at the API server's pace rather than one round trip each. A pod that fits nowhere gets a
+go out at the API server's pace rather than one round trip each. A bound pod's watch event reuses
+the record parsed when it was scheduled (`PodInfo.rebound`). A pod that fits nowhere gets a
 FailedScheduling event and `PodScheduled=False/Unschedulable` with the summary, and waits in
 the queue until a node is added or changes or a pod goes away. The informers run on standby
 replicas too, so a standby that wins the Lease starts with a warm cache.
@@ -252,10 +253,18 @@ class Scheduler:
         if self.queue.move_all():
             self._wake.set()
 
+    def _placed_info(self, key: str, obj: Obj) -> PodInfo:
+        """The record of a bound pod: the one already placed (assumed, or an earlier version)
+        carried over when only binding or status changed, parsed afresh otherwise."""
+        known = self.snapshot.get_pod(key)
+        info = known.rebound(obj) if known is not None else None
+        return info if info is not None else PodInfo.from_pod(obj)
+
     def _on_pod_add(self, obj: Obj) -> None:
         if _assigned(obj):
-            self.queue.delete(pod_key(obj))
-            self.cache.pod_placed(PodInfo.from_pod(obj))
+            key = pod_key(obj)
+            self.queue.delete(key)
+            self.cache.pod_placed(self._placed_info(key, obj))
         elif self._responsible(obj):
             self._enqueue(obj)
 
@@ -264,7 +273,7 @@ class Scheduler:
         if _assigned(new):
             if not _assigned(old):
                 self.queue.delete(key)
-            self.cache.pod_placed(PodInfo.from_pod(new))
+            self.cache.pod_placed(self._placed_info(key, new))
         elif not self._responsible(new):
             self.queue.delete(key)
         elif key not in self.queue or _scheduling_view(old) != _scheduling_view(new):

@@ -61,20 +61,36 @@ def _quantity(value: str | float) -> Any:
     return parse_quantity(value)
 
 
-def milli_value(value: Any) -> int:
-    """A quantity in thousandths, rounded up ("100m" -> 100, "1.5" -> 1500), as Quantity.MilliValue."""
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float))
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _milli_value(value: str | float) -> int:
     try:
         return math.ceil(_quantity(value) * 1000)
     except (QuantityError, TypeError):
         return 0
 
 
-def int_value(value: Any) -> int:
-    """A quantity as a whole number, rounded up ("128Mi" -> 134217728, "1G" -> 10**9, "2e3" -> 2000)."""
+@lru_cache(maxsize=4096, typed=True)
+def _int_value(value: str | float) -> int:
     try:
         return math.ceil(_quantity(value))
     except (QuantityError, TypeError):
         return 0
+
+
+# The integers are cached as well as the parsed quantities: the exact Fraction arithmetic that
+# turns "10m" into 10 costs several microseconds, and every pod of a burst asks the same few.
+def milli_value(value: Any) -> int:
+    """A quantity in thousandths, rounded up ("100m" -> 100, "1.5" -> 1500), as Quantity.MilliValue."""
+    return _milli_value(value) if _hashable(value) else 0
+
+
+def int_value(value: Any) -> int:
+    """A quantity as a whole number, rounded up ("128Mi" -> 134217728, "1G" -> 10**9, "2e3" -> 2000)."""
+    return _int_value(value) if _hashable(value) else 0
 
 
 @dataclass(slots=True)
@@ -123,42 +139,63 @@ class Resources:
         return not (self.cpu or self.memory or self.ephemeral or any(self.scalar.values()))
 
 
-def _container_requests(container: Mapping[str, Any], non_zero: bool) -> Resources:
-    """A container's requests; limits stand in for missing requests (as API defaulting does)."""
+def _container_requests(container: Mapping[str, Any]) -> tuple[Resources, Resources]:
+    """A container's requests, as they are and with request-less cpu/memory counted as
+    100m/200Mi; limits stand in for missing requests (as API defaulting does)."""
     resources = container.get("resources") or {}
     merged = dict(resources.get("limits") or {})
     merged.update(resources.get("requests") or {})
     out = Resources.from_list(merged)
-    if non_zero:
-        if CPU not in merged:
-            out.cpu = DEFAULT_MILLI_CPU_REQUEST
-        if MEMORY not in merged:
-            out.memory = DEFAULT_MEMORY_REQUEST
-    return out
+    non_zero = out.copy()
+    if CPU not in merged:
+        non_zero.cpu = DEFAULT_MILLI_CPU_REQUEST
+    if MEMORY not in merged:
+        non_zero.memory = DEFAULT_MEMORY_REQUEST
+    return out, non_zero
+
+
+def pod_requests_pair(spec: Mapping[str, Any]) -> tuple[Resources, Resources]:
+    """`pod_requests(spec)` and `pod_requests(spec, non_zero=True)`, each container parsed once."""
+    containers = [_container_requests(c) for c in spec.get("containers") or []]
+    inits = [
+        (c.get("restartPolicy") == "Always", _container_requests(c)) for c in spec.get("initContainers") or []
+    ]
+    overhead = spec.get("overhead")
+    if not inits and not overhead:
+        requests, non_zero = Resources(), Resources()
+        for plain, counted in containers:
+            requests.add(plain)
+            non_zero.add(counted)
+        return requests, non_zero
+    out = []
+    for which in (0, 1):
+        total = Resources()
+        for pair in containers:
+            total.add(pair[which])
+        sidecars = Resources()
+        init_peak = Resources()
+        for restartable, pair in inits:
+            requests = pair[which].copy()
+            if restartable:
+                total.add(requests)
+                sidecars.add(requests)
+                needed = sidecars.copy()
+            else:
+                needed = requests
+                needed.add(sidecars)
+            init_peak.max_with(needed)
+        total.max_with(init_peak)
+        if overhead:
+            total.add(Resources.from_list(overhead))
+        out.append(total)
+    return out[0], out[1]
 
 
 def pod_requests(spec: Mapping[str, Any], non_zero: bool = False) -> Resources:
     """What a pod occupies on a node: its containers' requests summed, at least what any init
     container needs (restartable "sidecar" init containers keep running and add up), plus
     `overhead`. With `non_zero`, containers that request no cpu or memory count as 100m/200Mi."""
-    total = Resources()
-    for container in spec.get("containers") or []:
-        total.add(_container_requests(container, non_zero))
-    sidecars = Resources()
-    init_peak = Resources()
-    for container in spec.get("initContainers") or []:
-        requests = _container_requests(container, non_zero)
-        if container.get("restartPolicy") == "Always":
-            total.add(requests)
-            sidecars.add(requests)
-            needed = sidecars.copy()
-        else:
-            needed = requests
-            needed.add(sidecars)
-        init_peak.max_with(needed)
-    total.max_with(init_peak)
-    total.add(Resources.from_list(spec.get("overhead")))
-    return total
+    return pod_requests_pair(spec)[1 if non_zero else 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +381,7 @@ def _spread_constraints(items: Any, labels: Mapping[str, str]) -> tuple[SpreadCo
 # ---------------------------------------------------------------------------------------------
 
 HostPort = tuple[str, str, int]  # (hostIP, protocol, hostPort)
+_MISSING = object()
 
 
 def pod_key(obj: Mapping[str, Any]) -> str:
@@ -392,8 +430,7 @@ class PodInfo:
             if isinstance(ref, Mapping) and ref.get("controller"):
                 owner_uid = ref.get("uid")
                 break
-        requests = pod_requests(spec)
-        non_zero = pod_requests(spec, non_zero=True)
+        requests, non_zero = pod_requests_pair(spec)
 
         host_ports = []
         containers = list(spec.get("containers") or [])
@@ -487,6 +524,24 @@ class PodInfo:
     def bound_to(self, node_name: str) -> PodInfo:
         """A copy of this pod placed on `node_name` (what the assumed cache records)."""
         return dataclasses.replace(self, node_name=node_name)
+
+    def rebound(self, obj: Mapping[str, Any]) -> PodInfo | None:
+        """This record for `obj`, a later version of the pod it was parsed from that differs only
+        where binding writes (spec.nodeName, status, annotations, resourceVersion), without
+        parsing it again; None when anything else changed (then parse it with `from_pod`)."""
+        before = self.obj
+        meta, old_meta = obj.get("metadata") or {}, before.get("metadata") or {}
+        spec, old_spec = obj.get("spec") or {}, before.get("spec") or {}
+        for key in ("name", "namespace", "uid", "labels", "ownerReferences", "deletionTimestamp"):
+            if meta.get(key) != old_meta.get(key):
+                return None
+        node_name = spec.get("nodeName") or ""
+        if len(spec) - ("nodeName" in spec) != len(old_spec) - ("nodeName" in old_spec):
+            return None
+        for key, value in spec.items():
+            if key != "nodeName" and old_spec.get(key, _MISSING) != value:
+                return None
+        return dataclasses.replace(self, node_name=str(node_name), obj=obj)
 
 
 def is_terminal(obj: Mapping[str, Any]) -> bool:
