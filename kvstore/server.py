@@ -4,7 +4,9 @@ Requests are parsed the way etcd's v2 API parses them (query string and form bod
 error codes for bad input), writes become replicated commands, default reads are served from the
 local tree, `quorum=true` reads go through the log. Watches read the replicated event history
 (see kvstore/watch.py). Everything here runs in one asyncio loop; the Raft tick thread is only
-reached through `RaftNode.propose` and the state lock.
+reached through `RaftNode.propose` and the state lock. The handlers are framework-neutral
+(`Request` in, `Response` out) and served by the lean HTTP/1.1 server in kvstore/httpserver.py;
+a default read is answered without leaving the call that parsed it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import os
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes, urlparse
 
 import orjson
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import errors as E
 from .errors import EtcdError
+from .httpserver import HttpServer, Request, Response, text_response
 from .raft import ProposalFailed, RaftNode, RaftTuning
 from .statemachine import StateMachine
 from .tree import CREATE, DEFAULT_HISTORY_SIZE, SET, clean_key
@@ -100,7 +103,9 @@ class MemberConfig:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.http = Counter("etcd_http_requests", "HTTP requests by method and code", ["method", "code"], registry=r)
+        self.http = Counter(
+            "etcd_http_requests", "HTTP requests by method and code", ["method", "code"], registry=r
+        )
         self.leader_changes = Gauge(
             "etcd_server_leader_changes_seen_total", "Leader changes seen by this member", registry=r
         )
@@ -124,12 +129,21 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.http_pending: dict[tuple[str, int], int] = {}  # counted, not yet in `http`
         self.latency = Histogram(
             "grove_kv_write_duration_seconds",
             "Time from receiving a write to its commit",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+
+    def flush_http(self) -> None:
+        """Move the request counts gathered since the last scrape into `etcd_http_requests`."""
+        pending = self.http_pending
+        for (method, status), n in list(pending.items()):
+            if n:
+                self.http.labels(method, str(status)).inc(n)
+                pending[(method, status)] = 0
 
 
 class Member:
@@ -148,8 +162,11 @@ class Member:
         self._tasks: list[asyncio.Task] = []
         self.removed = False
         self._rid = 0
+        self._rid_prefix = f"{self.id}:{self.start_time:.6f}:"
         self._batch: list[tuple[dict, asyncio.Future]] = []
         self._flush_scheduled = False
+        self._block_cluster_id = ""
+        self._block_prefix = b""
 
     # -------------------------------------------------------------- lifecycle
     def _initial_members(self, entries: list[tuple[str, str]]) -> list[dict]:
@@ -159,8 +176,12 @@ class Member:
         members = []
         for name, urls in by_name.items():
             members.append(
-                {"id": member_id(urls, self.cfg.initial_cluster_token), "name": name, "peerURLs": urls,
-                 "clientURLs": []}
+                {
+                    "id": member_id(urls, self.cfg.initial_cluster_token),
+                    "name": name,
+                    "peerURLs": urls,
+                    "clientURLs": [],
+                }
             )
         return members
 
@@ -244,16 +265,24 @@ class Member:
                     leaderless_since = None
                     if self.state.cluster_id is None and raft.is_leader:
                         await self.propose(
-                            {"op": "bootstrap", "cluster_id": self.local_cluster_id,
-                             "members": self.initial_members}
+                            {
+                                "op": "bootstrap",
+                                "cluster_id": self.local_cluster_id,
+                                "members": self.initial_members,
+                            }
                         )
                     me = self.state.members.get(self.id)
                     if me is not None and (
-                        me.get("name") != self.cfg.name or me.get("clientURLs") != self.cfg.advertise_client_urls
+                        me.get("name") != self.cfg.name
+                        or me.get("clientURLs") != self.cfg.advertise_client_urls
                     ):
                         await self.propose(
-                            {"op": "member_publish", "id": self.id, "name": self.cfg.name,
-                             "clientURLs": self.cfg.advertise_client_urls}
+                            {
+                                "op": "member_publish",
+                                "id": self.id,
+                                "name": self.cfg.name,
+                                "clientURLs": self.cfg.advertise_client_urls,
+                            }
                         )
                     elif me is not None:
                         known = True
@@ -268,7 +297,7 @@ class Member:
                     if now - leaderless_since > 3.0 and await self._removed_per_peers():
                         self._shut_down_removed("the other members no longer list it")
                         return
-            except (EtcdError, ProposalFailed, asyncio.TimeoutError):
+            except (TimeoutError, EtcdError, ProposalFailed):
                 pass
             await asyncio.sleep(0.2 if not known else 1.0)
 
@@ -278,7 +307,9 @@ class Member:
 
         raft = self.raft
         applied = raft.raftLastApplied if raft is not None else 0
-        urls = [u for mid, m in self.state.members.items() if mid != self.id for u in m.get("clientURLs", [])[:1]]
+        urls = [
+            u for mid, m in self.state.members.items() if mid != self.id for u in m.get("clientURLs", [])[:1]
+        ]
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             for url in urls:
@@ -289,7 +320,7 @@ class Member:
                         if int(resp.headers.get("X-Raft-Index", "0")) < applied:
                             continue  # that member lags behind what this one knows
                         members = (await resp.json()).get("members", [])
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, aiohttp.ClientError, ValueError):
                     continue
                 if members and all(m.get("id") != self.id for m in members):
                     return True
@@ -331,21 +362,27 @@ class Member:
         assert raft is not None
         if cmd["op"] not in ("get", "expire", "noop"):
             self._rid += 1
-            cmd["rid"] = f"{self.id}:{self.start_time:.6f}:{self._rid}"
+            cmd["rid"] = f"{self._rid_prefix}{self._rid}"
         self.pending += 1
-        deadline = self.loop.time() + self.cfg.request_timeout  # type: ignore[union-attr]
+        loop = self.loop
+        assert loop is not None
+        deadline = loop.time() + self.cfg.request_timeout
         try:
             while True:
-                remaining = deadline - self.loop.time()  # type: ignore[union-attr]
-                if remaining <= 0:
+                if deadline <= loop.time():
                     raise TimeoutError()
+                fut = self._submit(cmd)
+                # A timer that fails the future is all a deadline needs here; asyncio.timeout()
+                # costs several times more per write (context, task lookups, cancel bookkeeping).
+                timer = loop.call_at(deadline, _time_out, fut)
                 try:
-                    async with asyncio.timeout(remaining):  # no extra task per write, unlike wait_for
-                        return await self._submit(cmd)
+                    return await fut
                 except ProposalFailed as exc:
                     if exc.reason not in _RETRYABLE:
                         raise
                     await asyncio.sleep(0.01)
+                finally:
+                    timer.cancel()
         except (TimeoutError, ProposalFailed):
             self.metrics.proposals_failed.inc()
             raise
@@ -431,6 +468,27 @@ class Member:
         h["X-Etcd-Index"] = str(self.state.tree.index if etcd_index is None else etcd_index)
         return h
 
+    def header_block(self, etcd_index: int | None = None) -> bytes:
+        """`headers()` already encoded for the wire: every key response carries it."""
+        cluster_id = self.cluster_id
+        if cluster_id != self._block_cluster_id:
+            self._block_cluster_id = cluster_id
+            self._block_prefix = f"X-Etcd-Cluster-ID: {cluster_id}\r\nContent-Type: {JSON}\r\n".encode()
+        index = self.state.tree.index if etcd_index is None else etcd_index
+        raft = self.raft
+        if raft is None:
+            return self._block_prefix + b"X-Etcd-Index: %d\r\n" % index
+        return self._block_prefix + b"X-Raft-Index: %d\r\nX-Raft-Term: %d\r\nX-Etcd-Index: %d\r\n" % (
+            raft.raftCommitIndex,
+            raft.term,
+            index,
+        )
+
+
+def _time_out(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
 
 # ------------------------------------------------------------------ parsing
 def _bool(form, name: str) -> bool:
@@ -477,12 +535,11 @@ def parse_form(raw: bytes) -> dict[str, str]:
     return form
 
 
-def error_response(member: Member, err: EtcdError, head: bool = False) -> web.Response:
+def error_response(member: Member, err: EtcdError, head: bool = False) -> Response:
     if not err.index:
         err.index = member.state.tree.index
-    headers = member.headers(err.index)
     body = b"" if head else orjson.dumps(err.to_dict()) + b"\n"
-    return web.Response(body=body, status=err.status, headers=headers)
+    return Response(body, err.status, member.header_block(err.index))
 
 
 def raft_error(member: Member, exc: Exception) -> EtcdError:
@@ -493,48 +550,57 @@ def raft_error(member: Member, exc: Exception) -> EtcdError:
     return EtcdError(E.RAFT_INTERNAL, f"etcdserver: {exc}")
 
 
+def _is_clean(key: str) -> bool:
+    """Is `key` already what `clean_key` would make of it? (True for nearly every real key.)"""
+    return key[:1] == "/" and key[-1] != "/" and "//" not in key and "/." not in key
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "application/octet-stream", "")
+
+
 class KeysAPI:
-    """`/v2/keys/...`"""
+    """`/v2/keys/...`
+
+    `handle` answers synchronously whenever it can (default reads, every rejected request) and
+    returns a coroutine only for what must wait: writes, quorum reads and watches.
+    """
 
     def __init__(self, member: Member):
         self.m = member
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        m = self.m
+    def handle(self, request: Request) -> Response | Awaitable[Response | None]:
         method = request.method
         head = method == "HEAD"
         try:
-            if request.content_length is not None and request.content_length > MAX_REQUEST_BYTES:
+            if request.body_too_large:
                 raise EtcdError(
-                    E.INVALID_FORM, f"request is too large (limit {MAX_REQUEST_BYTES} bytes)", 0,
+                    E.INVALID_FORM,
+                    f"request is too large (limit {MAX_REQUEST_BYTES} bytes)",
+                    0,
                     message="Invalid POST form",
                 )
-            form = parse_form(request.raw_path.partition("?")[2].encode())
-            if method in ("PUT", "POST", "DELETE") and request.can_read_body:
-                ctype = request.content_type
-                try:
-                    raw = await request.read()
-                except web.HTTPException:
-                    raise EtcdError(E.INVALID_FORM, f"request is too large (limit {MAX_REQUEST_BYTES} bytes)") from None
-                if ctype in ("application/x-www-form-urlencoded", "application/octet-stream", ""):
-                    form.update(parse_form(raw))  # the body wins over the query string, as in Go
-            raw_key = request.match_info.get("key", "")
+            query = request.query
+            form = parse_form(query.encode()) if query else {}
+            if method in ("PUT", "POST", "DELETE") and request.body:
+                if request.content_type in _FORM_TYPES:
+                    form.update(parse_form(request.body))  # the body wins over the query string, as in Go
+            raw_key = request.path[8:]  # after "/v2/keys"
             if "\x00" in raw_key:
                 raise EtcdError(E.INVALID_FIELD, "key must not contain a NUL byte")
-            key = clean_key(raw_key)
-            if method in ("GET", "HEAD"):
-                return await self.get(request, key, form, head)
+            key = raw_key if _is_clean(raw_key) else clean_key(raw_key)
+            if method == "GET" or head:
+                return self.get(request, key, form, head)
             if method == "PUT":
-                return await self.put(key, form)
+                return self.put(key, form)
             if method == "POST":
-                return await self.post(key, form)
+                return self.post(key, form)
             if method == "DELETE":
-                return await self.delete(key, form)
+                return self.delete(key, form)
         except EtcdError as err:
-            return error_response(m, err, head)
-        return web.Response(status=405, text="Method Not Allowed", headers={"Allow": "GET, HEAD, PUT, POST, DELETE"})
+            return error_response(self.m, err, head)
+        return text_response("Method Not Allowed", 405, {"Allow": "GET, HEAD, PUT, POST, DELETE"})
 
-    def _respond(self, result, head: bool = False) -> web.Response:
+    def _respond(self, result, head: bool = False) -> Response:
         m = self.m
         if isinstance(result, EtcdError):
             return error_response(m, result, head)
@@ -544,9 +610,9 @@ class KeysAPI:
             status = 201
         idx = getattr(result, "index", None)
         body = b"" if head else orjson.dumps(result) + b"\n"
-        return web.Response(body=body, status=status, headers=m.headers(idx))
+        return Response(body, status, m.header_block(idx))
 
-    async def _write(self, cmd: dict) -> web.Response:
+    async def _write(self, cmd: dict) -> Response:
         m = self.m
         t0 = time.perf_counter()
         try:
@@ -557,51 +623,69 @@ class KeysAPI:
         return self._respond(result)
 
     # --------------------------------------------------------------- GET
-    async def get(self, request: web.Request, key: str, form: dict, head: bool) -> web.StreamResponse:
+    def get(
+        self, request: Request, key: str, form: dict, head: bool
+    ) -> Response | Awaitable[Response | None]:
         m = self.m
-        recursive = _bool(form, "recursive")
-        sort = _bool(form, "sorted")
-        wait = _bool(form, "wait")
-        quorum = _bool(form, "quorum")
-        stream = _bool(form, "stream")
-        wait_index = _uint(form, "waitIndex", E.INDEX_NAN)
-        if stream and not wait:
-            raise EtcdError(E.INVALID_FIELD, "stream can only be true when wait is true")
-        if wait:
-            return await self.watch(request, key, recursive, wait_index, stream)
-        if quorum:
-            try:
-                result = await m.propose({"op": "get", "key": key, "recursive": recursive, "sorted": sort,
-                                          "now": time.time()})
-            except (TimeoutError, ProposalFailed) as exc:
-                raise raft_error(m, exc) from None
-            return self._respond(result, head)
+        if form:
+            recursive = _bool(form, "recursive")
+            sort = _bool(form, "sorted")
+            wait = _bool(form, "wait")
+            quorum = _bool(form, "quorum")
+            stream = _bool(form, "stream")
+            wait_index = _uint(form, "waitIndex", E.INDEX_NAN)
+            if stream and not wait:
+                raise EtcdError(E.INVALID_FIELD, "stream can only be true when wait is true")
+            if wait:
+                return self.watch(request, key, recursive, wait_index, stream)
+            if quorum:
+                return self._quorum_get(key, recursive, sort, head)
+        else:
+            recursive = sort = False
         raft = m.raft
         assert raft is not None
         with raft.lock:
             result = m.state.tree.get(key, recursive, sort, time.time())
             index = m.state.tree.index
         body = b"" if head else orjson.dumps(result) + b"\n"
-        return web.Response(body=body, headers=m.headers(index))
+        return Response(body, 200, m.header_block(index))
 
-    async def watch(
-        self, request: web.Request, key: str, recursive: bool, wait_index: int | None, stream: bool
-    ) -> web.StreamResponse:
+    async def _quorum_get(self, key: str, recursive: bool, sort: bool, head: bool) -> Response:
+        m = self.m
+        try:
+            result = await m.propose(
+                {"op": "get", "key": key, "recursive": recursive, "sorted": sort, "now": time.time()}
+            )
+        except (TimeoutError, ProposalFailed) as exc:
+            return error_response(m, raft_error(m, exc), head)
+        return self._respond(result, head)
+
+    def watch(
+        self, request: Request, key: str, recursive: bool, wait_index: int | None, stream: bool
+    ) -> Awaitable[None]:
         m = self.m
         raft = m.raft
         assert raft is not None
         tree_index = m.state.tree.index
         since = wait_index if wait_index else tree_index + 1
         with raft.lock:
-            m.state.tree.history.check(since, m.state.tree.index)
+            m.state.tree.history.check(since, m.state.tree.index)  # a cleared index is answered at once
+        return self._watch(request, key, recursive, since, stream, tree_index)
+
+    async def _watch(
+        self, request: Request, key: str, recursive: bool, since: int, stream: bool, tree_index: int
+    ) -> None:
+        m = self.m
+        raft = m.raft
+        assert raft is not None
         waiter = Waiter(key, recursive)
         m.hub.add(waiter)
         m.metrics.watchers.set(m.hub.count)
-        resp = web.StreamResponse(headers=m.headers(tree_index))
+        headers = m.headers(tree_index)
         if stream:
-            resp.headers["X-Grove-Stream"] = "1"
+            headers["X-Grove-Stream"] = "1"
         try:
-            await resp.prepare(request)
+            out = request.stream(200, headers)
             while True:
                 waiter.wake.clear()
                 found = []
@@ -620,19 +704,16 @@ class KeysAPI:
                         cleared = None
                     scanned_to = tree.history.last_index
                 if cleared is not None:
-                    await resp.write(orjson.dumps(cleared.to_dict()) + b"\n")
-                    return resp
+                    await out.write(orjson.dumps(cleared.to_dict()) + b"\n")
+                    return
                 if found and not stream:
-                    await resp.write(orjson.dumps(found[0]) + b"\n")
-                    await resp.write_eof()
-                    return resp
+                    await out.write(orjson.dumps(found[0]) + b"\n")
+                    return
                 if found:
-                    await resp.write(b"".join(orjson.dumps(ev) + b"\n" for ev in found))
+                    await out.write(b"".join(orjson.dumps(ev) + b"\n" for ev in found))
                 since = max(since, scanned_to + 1)
                 if not found:
                     await waiter.wake.wait()
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
         finally:
             m.hub.remove(waiter)
             m.metrics.watchers.set(m.hub.count)
@@ -654,11 +735,13 @@ class KeysAPI:
         v = form.get("value", "")
         if len(v.encode()) > MAX_REQUEST_BYTES:
             raise EtcdError(
-                E.INVALID_FORM, f"value is larger than the {MAX_REQUEST_BYTES}-byte limit", 0,
+                E.INVALID_FORM,
+                f"value is larger than the {MAX_REQUEST_BYTES}-byte limit",
+                0,
             )
         return v
 
-    async def put(self, key: str, form: dict) -> web.Response:
+    def put(self, key: str, form: dict) -> Awaitable[Response]:
         ttl = self._ttl(form)
         is_dir = _bool(form, "dir")
         refresh = _bool(form, "refresh")
@@ -696,16 +779,17 @@ class KeysAPI:
             cmd.update(op="set", value=value, dir=is_dir)
             if prev_exist is False:
                 cmd["prevExist"] = False
-        return await self._write(cmd)
+        return self._write(cmd)
 
-    async def post(self, key: str, form: dict) -> web.Response:
+    def post(self, key: str, form: dict) -> Awaitable[Response]:
         ttl = self._ttl(form)
         value = self._value(form)
         is_dir = _bool(form, "dir")
-        return await self._write({"op": "append", "key": key, "value": value, "ttl": ttl, "dir": is_dir,
-                                  "now": time.time()})
+        return self._write(
+            {"op": "append", "key": key, "value": value, "ttl": ttl, "dir": is_dir, "now": time.time()}
+        )
 
-    async def delete(self, key: str, form: dict) -> web.Response:
+    def delete(self, key: str, form: dict) -> Awaitable[Response]:
         recursive = _bool(form, "recursive")
         is_dir = _bool(form, "dir")
         prev_index = _uint(form, "prevIndex", E.INDEX_NAN)
@@ -715,10 +799,18 @@ class KeysAPI:
         if prev_index == 0:
             prev_index = None
         if prev_value is not None or prev_index is not None:
-            return await self._write({"op": "cad", "key": key, "prevValue": prev_value, "prevIndex": prev_index,
-                                      "now": time.time()})
-        return await self._write({"op": "delete", "key": key, "recursive": recursive, "dir": is_dir,
-                                  "now": time.time()})
+            return self._write(
+                {
+                    "op": "cad",
+                    "key": key,
+                    "prevValue": prev_value,
+                    "prevIndex": prev_index,
+                    "now": time.time(),
+                }
+            )
+        return self._write(
+            {"op": "delete", "key": key, "recursive": recursive, "dir": is_dir, "now": time.time()}
+        )
 
 
 class ClusterAPI:
@@ -727,47 +819,63 @@ class ClusterAPI:
     def __init__(self, member: Member):
         self.m = member
 
-    def _json(self, data, status: int = 200) -> web.Response:
+    def _json(self, data, status: int = 200) -> Response:
         headers = {"Content-Type": JSON, "X-Etcd-Cluster-ID": self.m.cluster_id}
         if self.m.raft is not None:
             headers["X-Raft-Index"] = str(self.m.raft.raftLastApplied)
-        return web.Response(body=orjson.dumps(data), status=status, headers=headers)
+        return Response(orjson.dumps(data), status, headers)
 
     def _members(self) -> list[dict]:
         ms = self.m.state.members or {m["id"]: m for m in self.m.initial_members}
         return [
-            {"id": m["id"], "name": m.get("name", ""), "peerURLs": m["peerURLs"], "clientURLs": m.get("clientURLs", [])}
+            {
+                "id": m["id"],
+                "name": m.get("name", ""),
+                "peerURLs": m["peerURLs"],
+                "clientURLs": m.get("clientURLs", []),
+            }
             for m in sorted(ms.values(), key=lambda x: x["id"])
         ]
 
-    async def members(self, request: web.Request) -> web.Response:
+    def members(self, request: Request) -> Response:
         return self._json({"members": self._members()})
 
-    async def leader(self, request: web.Request) -> web.Response:
+    def leader(self, request: Request) -> Response:
         lm = self.m.leader_member()
         if lm is None:
             return self._json({"message": "During Leader Election"}, 503)
         return self._json(lm)
 
-    async def add_member(self, request: web.Request) -> web.Response:
+    async def add_member(self, request: Request) -> Response:
         m = self.m
         try:
-            body = orjson.loads(await request.read())
+            if request.body_too_large:
+                raise ValueError
+            body = orjson.loads(request.body)
             urls = body["peerURLs"]
             if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
                 raise ValueError
             for u in urls:
                 peer_addr(u)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            return self._json({"message": 'expected a JSON body like {"peerURLs": ["http://HOST:PORT"]}'}, 400)
+            return self._json(
+                {"message": 'expected a JSON body like {"peerURLs": ["http://HOST:PORT"]}'}, 400
+            )
         for other in m.state.members.values():
             if set(other["peerURLs"]) & set(urls):
                 return self._json({"message": "Peer URLs already exists"}, 409)
-        new = {"id": member_id(urls, m.cfg.initial_cluster_token), "name": "", "peerURLs": urls, "clientURLs": []}
+        new = {
+            "id": member_id(urls, m.cfg.initial_cluster_token),
+            "name": "",
+            "peerURLs": urls,
+            "clientURLs": [],
+        }
         raft = m.raft
         assert raft is not None
         try:
-            await asyncio.wait_for(raft.membership_change("add", peer_addr(urls[0]), m.loop), m.cfg.request_timeout)
+            await asyncio.wait_for(
+                raft.membership_change("add", peer_addr(urls[0]), m.loop), m.cfg.request_timeout
+            )
             result = await m.propose({"op": "member_add", "member": new})
         except (TimeoutError, ProposalFailed) as exc:
             return self._json({"message": f"could not add member: {exc or 'timed out'}"}, 500)
@@ -775,10 +883,10 @@ class ClusterAPI:
             return self._json({"message": result.message}, 409)
         return self._json(result, 201)
 
-    async def remove_member(self, request: web.Request) -> web.Response:
+    async def remove_member(self, request: Request) -> Response:
         """Remove a member. Raft cannot remove its own leader, so the leader first hands over."""
         m = self.m
-        mid = request.match_info["id"]
+        mid = request.match["id"]
         target = m.state.members.get(mid)
         if target is None:
             return self._json({"message": f"No such member: {mid}"}, 404)
@@ -806,9 +914,9 @@ class ClusterAPI:
             await asyncio.wait_for(raft.membership_change("remove", addr, m.loop), m.cfg.request_timeout)
         except (TimeoutError, ProposalFailed) as exc:
             return self._json({"message": f"could not remove member: {exc or 'timed out'}"}, 500)
-        return web.Response(status=204, headers={"X-Etcd-Cluster-ID": m.cluster_id})
+        return Response(b"", 204, {"X-Etcd-Cluster-ID": m.cluster_id})
 
-    async def _forward_to_leader(self, request: web.Request) -> web.Response:
+    async def _forward_to_leader(self, request: Request) -> Response:
         import aiohttp
 
         leader = self.m.leader_member()
@@ -817,38 +925,50 @@ class ClusterAPI:
         url = leader["clientURLs"][0] + request.path_qs
         timeout = aiohttp.ClientTimeout(total=self.m.cfg.request_timeout * 3)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.request(request.method, url, data=await request.read()) as resp:
+            async with http.request(request.method, url, data=request.body) as resp:
                 body = await resp.read()
-                return web.Response(body=body, status=resp.status,
-                                    headers={"Content-Type": resp.headers.get("Content-Type", JSON),
-                                             "X-Etcd-Cluster-ID": self.m.cluster_id})
+                return Response(
+                    body,
+                    resp.status,
+                    {
+                        "Content-Type": resp.headers.get("Content-Type", JSON),
+                        "X-Etcd-Cluster-ID": self.m.cluster_id,
+                    },
+                )
 
-    async def update_member(self, request: web.Request) -> web.Response:
-        return self._json({"message": "changing a member's peer URLs is not supported; remove and add it"}, 501)
+    def update_member(self, request: Request) -> Response:
+        return self._json(
+            {"message": "changing a member's peer URLs is not supported; remove and add it"}, 501
+        )
 
-    async def machines(self, request: web.Request) -> web.Response:
+    def machines(self, request: Request) -> Response:
         urls = [u for mm in self._members() for u in mm["clientURLs"]]
-        return web.Response(text=", ".join(urls), headers={"X-Etcd-Cluster-ID": self.m.cluster_id})
+        return text_response(", ".join(urls), 200, {"X-Etcd-Cluster-ID": self.m.cluster_id})
 
-    async def stats_self(self, request: web.Request) -> web.Response:
+    def stats_self(self, request: Request) -> Response:
         m = self.m
         raft = m.raft
         lm = m.leader_member()
         state = "StateLeader" if raft is not None and raft.is_leader else "StateFollower"
-        return self._json({
-            "name": m.cfg.name,
-            "id": m.id,
-            "state": state,
-            "startTime": _rfc3339(m.start_time),
-            "leaderInfo": {"leader": lm["id"] if lm else "", "uptime": f"{time.time() - m.start_time:.3f}s",
-                           "startTime": _rfc3339(m.start_time)},
-            "recvAppendRequestCnt": 0,
-            "sendAppendRequestCnt": 0,
-            "raftIndex": raft.raftCommitIndex if raft else 0,
-            "raftTerm": raft.term if raft else 0,
-        })
+        return self._json(
+            {
+                "name": m.cfg.name,
+                "id": m.id,
+                "state": state,
+                "startTime": _rfc3339(m.start_time),
+                "leaderInfo": {
+                    "leader": lm["id"] if lm else "",
+                    "uptime": f"{time.time() - m.start_time:.3f}s",
+                    "startTime": _rfc3339(m.start_time),
+                },
+                "recvAppendRequestCnt": 0,
+                "sendAppendRequestCnt": 0,
+                "raftIndex": raft.raftCommitIndex if raft else 0,
+                "raftTerm": raft.term if raft else 0,
+            }
+        )
 
-    async def stats_leader(self, request: web.Request) -> web.Response:
+    def stats_leader(self, request: Request) -> Response:
         m = self.m
         raft = m.raft
         if raft is None or not raft.is_leader:
@@ -862,35 +982,54 @@ class ClusterAPI:
             connected = status.get(f"partner_node_status_server_{addr}", 0) == 2
             followers[mm["id"]] = {
                 "latency": {},
-                "counts": {"fail": 0 if connected else 1, "success": status.get(f"match_idx_server_{addr}", 0)},
+                "counts": {
+                    "fail": 0 if connected else 1,
+                    "success": status.get(f"match_idx_server_{addr}", 0),
+                },
                 "matchIndex": status.get(f"match_idx_server_{addr}", 0),
                 "connected": connected,
             }
         return self._json({"leader": m.id, "followers": followers})
 
-    async def stats_store(self, request: web.Request) -> web.Response:
+    def stats_store(self, request: Request) -> Response:
         m = self.m
-        stats = {k: 0 for k in (
-            "getsSuccess", "getsFail", "setsSuccess", "setsFail", "deleteSuccess", "deleteFail", "updateSuccess",
-            "updateFail", "createSuccess", "createFail", "compareAndSwapSuccess", "compareAndSwapFail",
-            "compareAndDeleteSuccess", "compareAndDeleteFail", "expireCount")}
+        stats = {
+            k: 0
+            for k in (
+                "getsSuccess",
+                "getsFail",
+                "setsSuccess",
+                "setsFail",
+                "deleteSuccess",
+                "deleteFail",
+                "updateSuccess",
+                "updateFail",
+                "createSuccess",
+                "createFail",
+                "compareAndSwapSuccess",
+                "compareAndSwapFail",
+                "compareAndDeleteSuccess",
+                "compareAndDeleteFail",
+                "expireCount",
+            )
+        }
         stats.update(m.state.tree.stats)
         stats["watchers"] = m.hub.count
         return self._json(stats)
 
-    async def version(self, request: web.Request) -> web.Response:
+    def version(self, request: Request) -> Response:
         from grove import __version__
 
         return self._json({"etcdserver": SERVER_VERSION, "etcdcluster": "3.4.0", "grove": __version__})
 
-    async def health(self, request: web.Request) -> web.Response:
+    def health(self, request: Request) -> Response:
         raft = self.m.raft
         ok = raft is not None and raft.leader_addr is not None
         if ok:
             return self._json({"health": "true", "reason": ""})
         return self._json({"health": "false", "reason": "RAFT NO LEADER"}, 503)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def metrics(self, request: Request) -> Response:
         m = self.m
         raft = m.raft
         if raft is not None:
@@ -901,56 +1040,105 @@ class ClusterAPI:
             m.metrics.term.set(raft.term)
         m.metrics.proposals_pending.set(m.pending)
         m.metrics.watchers.set(m.hub.count)
-        return web.Response(body=generate_latest(m.metrics.registry), headers={"Content-Type": "text/plain; version=0.0.4"})
+        m.metrics.flush_http()
+        return Response(
+            generate_latest(m.metrics.registry), 200, {"Content-Type": "text/plain; version=0.0.4"}
+        )
 
 
 def _rfc3339(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def build_app(member: Member) -> web.Application:
-    counters: dict[tuple[str, int], Counter] = {}
+def build_handler(member: Member) -> Callable[[Request], Response | Awaitable[Response | None]]:
+    """Route a request of the client port: `/v2/keys` first (the hot path), then the cluster API.
 
-    def count(method: str, status: int) -> None:
-        c = counters.get((method, status))
-        if c is None:  # labels() is a lookup with locking: do it once per (method, code)
-            c = counters[(method, status)] = member.metrics.http.labels(method, str(status))
-        c.inc()
-
-    @web.middleware
-    async def count_requests(request: web.Request, handler):
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:
-            count(request.method, exc.status)
-            raise
-        except Exception:
-            log.exception("internal error serving %s %s", request.method, request.path)
-            count(request.method, 500)
-            err = EtcdError(E.RAFT_INTERNAL, "internal server error", member.state.tree.index)
-            return error_response(member, err)
-        count(request.method, resp.status)
-        return resp
-
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES + 64 * 1024, middlewares=[count_requests])
+    Routing follows the aiohttp router grove used before: exact paths, GET routes also answer
+    HEAD, a known path with another method is 405 with `Allow`, anything else 404.
+    """
     keys = KeysAPI(member)
     cluster = ClusterAPI(member)
-    app.router.add_route("*", "/v2/keys{key:.*}", keys.handle)
-    app.router.add_get("/v2/members", cluster.members)
-    app.router.add_get("/v2/members/", cluster.members)
-    app.router.add_post("/v2/members", cluster.add_member)
-    app.router.add_post("/v2/members/", cluster.add_member)
-    app.router.add_get("/v2/members/leader", cluster.leader)
-    app.router.add_delete("/v2/members/{id}", cluster.remove_member)
-    app.router.add_put("/v2/members/{id}", cluster.update_member)
-    app.router.add_get("/v2/machines", cluster.machines)
-    app.router.add_get("/v2/stats/self", cluster.stats_self)
-    app.router.add_get("/v2/stats/leader", cluster.stats_leader)
-    app.router.add_get("/v2/stats/store", cluster.stats_store)
-    app.router.add_get("/version", cluster.version)
-    app.router.add_get("/health", cluster.health)
-    app.router.add_get("/metrics", cluster.metrics)
-    return app
+    routes: dict[str, dict[str, Callable]] = {
+        "/v2/members": {"GET": cluster.members, "POST": cluster.add_member},
+        "/v2/members/": {"GET": cluster.members, "POST": cluster.add_member},
+        "/v2/members/leader": {"GET": cluster.leader},
+        "/v2/machines": {"GET": cluster.machines},
+        "/v2/stats/self": {"GET": cluster.stats_self},
+        "/v2/stats/leader": {"GET": cluster.stats_leader},
+        "/v2/stats/store": {"GET": cluster.stats_store},
+        "/version": {"GET": cluster.version},
+        "/health": {"GET": cluster.health},
+        "/metrics": {"GET": cluster.metrics},
+    }
+    member_routes = {"DELETE": cluster.remove_member, "PUT": cluster.update_member}
+    keys_handle = keys.handle
+
+    def handle(request: Request) -> Response | Awaitable[Response | None]:
+        path = request.path
+        if path.startswith("/v2/keys"):
+            return keys_handle(request)
+        methods = routes.get(path)
+        rest = path[len("/v2/members/") :] if path.startswith("/v2/members/") else ""
+        if rest and "/" not in rest:  # /v2/members/{id}, where "leader" is also an id to DELETE or PUT
+            methods = {**member_routes, **(methods or {})}
+            request.match["id"] = rest
+        elif methods is None:
+            return text_response("404: Not Found", 404)
+        fn = methods.get(request.method)
+        if fn is None and request.method == "HEAD":
+            fn = methods.get("GET")
+        if fn is None:
+            allowed = sorted(set(methods) | ({"HEAD"} if "GET" in methods else set()))
+            return text_response("405: Method Not Allowed", 405, {"Allow": ",".join(allowed)})
+        return fn(request)
+
+    return handle
+
+
+def start_counting(member: Member) -> Callable[[str, int], None]:
+    """Count a request for `etcd_http_requests{method, code}`.
+
+    A plain dict per request; the Prometheus counter (a lookup and a lock per update) gets the
+    sums when /metrics is read (`Metrics.flush_http`).
+    """
+    pending = member.metrics.http_pending
+
+    def count(method: str, status: int) -> None:
+        key = (method, status)
+        n = pending.get(key)
+        if n is not None:
+            pending[key] = n + 1
+        elif len(pending) < 256:  # garbage methods must not grow the metric without bound
+            pending[key] = 1
+        else:
+            key = ("OTHER", status)
+            pending[key] = pending.get(key, 0) + 1
+
+    return count
+
+
+async def start_client_server(member: Member, urls: list[str]) -> HttpServer:
+    """Serve the etcd v2 client API of `member` on every URL in `urls`."""
+
+    def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("internal error serving %s %s", request.method, request.path, exc_info=exc)
+        err = EtcdError(E.RAFT_INTERNAL, "internal server error", member.state.tree.index)
+        return error_response(member, err, request.method == "HEAD")
+
+    server = HttpServer(
+        build_handler(member),
+        max_body=MAX_REQUEST_BYTES,
+        count=start_counting(member),
+        internal_error=internal_error,
+    )
+    try:
+        for url in urls:
+            u = urlparse(url)
+            await server.listen(u.hostname, u.port or 2379)
+    except BaseException:
+        await server.close()
+        raise
+    return server
 
 
 async def serve(cfg: MemberConfig, ready: asyncio.Event | None = None) -> None:
@@ -962,15 +1150,7 @@ async def serve(cfg: MemberConfig, ready: asyncio.Event | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    app = build_app(member)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    sites = []
-    for url in cfg.listen_client_urls:
-        u = urlparse(url)
-        site = web.TCPSite(runner, u.hostname, u.port, backlog=1024, reuse_address=True)
-        await site.start()
-        sites.append(site)
+    server = await start_client_server(member, cfg.listen_client_urls)
     log.info("member %s (%s) serving clients on %s", cfg.name, member.id, ", ".join(cfg.listen_client_urls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -982,5 +1162,5 @@ async def serve(cfg: MemberConfig, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("member %s stopping", cfg.name)
-        await runner.cleanup()
+        await server.close()
         await member.stop()
