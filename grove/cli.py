@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "images": "node.images:images",
     "apiserver": "orchestrator.cli:apiserver",
     "kubeconfig": "orchestrator.cli:kubeconfig",
+    "certs": "grove.certs:certs",
     "scheduler": "orchestrator.scheduler.cli:scheduler",
     "controllers": "orchestrator.controllers.cli:controllers",
     "node": "node.cli:node",

@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from orchestrator.clientflags import connection, kubeconfig_option
+
 _LABEL = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_./]*)=([-A-Za-z0-9_.]*)$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -47,7 +49,8 @@ def _quantity(kind: str, value: str | None) -> str | None:
 
 
 @click.command("node")
-@click.option("--server", required=True, help="URL of the API server, e.g. http://127.0.0.1:6443.")
+@click.option("--server", default=None, help="URL of the API server, e.g. http://127.0.0.1:6443.")
+@kubeconfig_option
 @click.option("--name", default=None, help="Node name (default: this host's name).")
 @click.option("--runtime", type=click.Choice(["docker", "fake"]), default="docker", show_default=True)
 @click.option(
@@ -129,6 +132,7 @@ def node(**opts: Any) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("grove").setLevel(logging.DEBUG if verbose else logging.INFO)
+    opts["connection"] = connection(opts["server"], opts["kubeconfig"])
     fake = opts["runtime"] == "fake"
     count = opts["count"]
     if count > 1 and not fake:
@@ -204,7 +208,7 @@ async def _serve(opts: dict[str, Any], configs: list[Any], fake: bool, address: 
     from orchestrator.apiclient import ApiClient
 
     loop = asyncio.get_running_loop()
-    client = ApiClient(opts["server"], user_agent="grove-node/v1.32.0")
+    client = ApiClient(opts["connection"], user_agent="grove-node/v1.32.0")
     host_ref: dict[str, Any] = {}
 
     def runtime_for(index: int, config: Any) -> Any:
@@ -242,7 +246,8 @@ async def _serve(opts: dict[str, Any], configs: list[Any], fake: bool, address: 
         names = [c.name for c in configs]
         shown = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} nodes)"
         print(
-            f"grove node {shown}: registered with {opts['server']}; serving on {address}:{port}", flush=True
+            f"grove node {shown}: registered with {client.server_url}; serving on {address}:{port}",
+            flush=True,
         )
 
     runner = asyncio.create_task(host.run(ready))

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import click
 
 from orchestrator.apiclient import ApiClient
+from orchestrator.clientflags import connection, kubeconfig_option
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -54,6 +55,7 @@ def _fail(message: str) -> None:
 
 @click.command("proxy")
 @click.option("--server", default="http://127.0.0.1:6443", show_default=True, help="API server URL.")
+@kubeconfig_option
 @click.option("--node", "node_name", required=False, default=None, help="This node's name (for events).")
 @click.option(
     "--lb-pool",
@@ -93,6 +95,7 @@ def _fail(message: str) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def proxy(
     server: str,
+    kubeconfig: str | None,
     node_name: str | None,
     lb_pool: tuple[str, ...],
     pod_cidr: str,
@@ -121,6 +124,7 @@ def proxy(
         RuleConfig(pod_cidr=pod_cidr)
     except ValueError as e:
         _fail(str(e))
+    api = connection(server, kubeconfig)
     config = ProxyConfig(
         node_name=node_name,
         pod_cidr=pod_cidr,
@@ -131,7 +135,7 @@ def proxy(
     )
 
     async def main() -> None:
-        async with ApiClient(server, user_agent=f"grove-proxy/{node_name}") as client:
+        async with ApiClient(api, user_agent=f"grove-proxy/{node_name}") as client:
             await Proxier(client, config).run()
 
     try:
@@ -147,6 +151,7 @@ def proxy(
 
 @click.command("dns")
 @click.option("--server", default="http://127.0.0.1:6443", show_default=True, help="API server URL.")
+@kubeconfig_option
 @click.option(
     "--listen",
     multiple=True,
@@ -179,6 +184,7 @@ def proxy(
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def dns(
     server: str,
+    kubeconfig: str | None,
     listen: tuple[str, ...],
     domain: str,
     resolv_conf: str,
@@ -198,6 +204,7 @@ def dns(
         upstreams = [parse_address(u) for u in upstream] if upstream else resolv_conf_nameservers(resolv_conf)
     except ValueError as e:
         _fail(str(e))
+    api = connection(server, kubeconfig)
     target = None
     if publish_service:
         namespace, sep, name = publish_service.partition("/")
@@ -208,7 +215,7 @@ def dns(
             _fail("--publish-service needs the first --listen address to be a specific IP pods can reach")
 
     async def main() -> None:
-        async with ApiClient(server, user_agent="grove-dns") as client:
+        async with ApiClient(api, user_agent="grove-dns") as client:
             dns_server = ClusterDNS(client, addresses, upstreams, domain=domain, ttl=ttl)
             ready = asyncio.Event()
             task = asyncio.ensure_future(dns_server.run(ready))

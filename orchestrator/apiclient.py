@@ -9,17 +9,27 @@ body; callers branch on its subclass (`NotFound`, `Conflict`, `AlreadyExists`, `
 
 There are no retries here: controllers retry through their work queue, informers re-list and
 re-watch with back-off, so one layer decides how hard to try.
+
+A server behind TLS and authentication is reached through a `ClientConfig` (CA bundle, client
+certificate and key, bearer token), built by hand or from a kubeconfig's current context
+(`load_kubeconfig`), as client-go's rest.Config is.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import ssl
+import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+import yaml
 
 __all__ = [
     "CONFIGMAPS",
@@ -39,6 +49,8 @@ __all__ = [
     "AlreadyExists",
     "ApiClient",
     "ApiError",
+    "ClientConfig",
+    "KubeconfigError",
     "Conflict",
     "Gone",
     "GroupVersionResource",
@@ -46,6 +58,8 @@ __all__ = [
     "NotFound",
     "Unavailable",
     "api_path",
+    "load_kubeconfig",
+    "parse_kubeconfig",
 ]
 
 Obj = dict[str, Any]
@@ -206,25 +220,185 @@ def _params(**kwargs: Any) -> dict[str, str]:
     return out
 
 
+# --- connection: TLS, credentials, kubeconfig -------------------------------------------------
+
+
+class KubeconfigError(ValueError):
+    """A kubeconfig that cannot be used: unreadable, no current context, a missing cluster or file."""
+
+
+@dataclass
+class ClientConfig:
+    """Where the API server is and how to prove who we are (client-go's rest.Config, in short).
+
+    PEM data, not file names: a kubeconfig's `*-data` fields and files both end up here.
+    """
+
+    server: str
+    ca_data: bytes | None = None  # trust these CAs (default: the system's)
+    cert_data: bytes | None = None  # client certificate (x509 authentication)
+    key_data: bytes | None = None
+    token: str | None = None  # Authorization: Bearer
+    insecure_skip_tls_verify: bool = False
+
+    @classmethod
+    def from_files(
+        cls,
+        server: str,
+        *,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        token: str | None = None,
+    ) -> ClientConfig:
+        """A config from PEM files (`--certificate-authority`, `--client-certificate`, `--client-key`)."""
+        return cls(
+            server,
+            ca_data=_read_file(ca_file) if ca_file else None,
+            cert_data=_read_file(cert_file) if cert_file else None,
+            key_data=_read_file(key_file) if key_file else None,
+            token=token,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an https server (None for http)."""
+        if not self.server.startswith("https://"):
+            return None
+        ctx = ssl.create_default_context(cadata=self.ca_data.decode() if self.ca_data else None)
+        if self.insecure_skip_tls_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.cert_data or self.key_data:
+            if not (self.cert_data and self.key_data):
+                raise KubeconfigError("a client certificate needs its key, and a key its certificate")
+            _load_cert_chain(ctx, self.cert_data, self.key_data)
+        return ctx
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise KubeconfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _load_cert_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """`load_cert_chain` reads files only: hand it a private temporary copy, gone right after."""
+    with tempfile.TemporaryDirectory(prefix="grove-tls-") as tmp:
+        path = os.path.join(tmp, "client.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(cert.rstrip(b"\n") + b"\n" + key)
+        try:
+            ctx.load_cert_chain(path)
+        except ssl.SSLError as exc:
+            raise KubeconfigError(f"the client certificate and key do not load: {exc}") from None
+
+
+def _named(doc: Mapping[str, Any], section: str, name: str) -> Mapping[str, Any]:
+    for entry in doc.get(section) or ():
+        if isinstance(entry, Mapping) and entry.get("name") == name:
+            value = entry.get(section[:-1])  # clusters -> cluster, users -> user
+            return value if isinstance(value, Mapping) else {}
+    raise KubeconfigError(f"the kubeconfig has no {section[:-1]} named {name!r}")
+
+
+def parse_kubeconfig(
+    doc: Mapping[str, Any], read_file: Callable[[str], bytes], context: str | None = None
+) -> ClientConfig:
+    """The ClientConfig of a kubeconfig's context (default: current-context). `read_file` reads a
+    file the kubeconfig names (already resolved against the kubeconfig's directory)."""
+    if not isinstance(doc, Mapping):
+        raise KubeconfigError("the kubeconfig is not a YAML mapping")
+    name = context or doc.get("current-context")
+    if not name:
+        raise KubeconfigError("the kubeconfig has no current-context")
+    ctx = _named(doc, "contexts", name)
+    cluster = _named(doc, "clusters", str(ctx.get("cluster") or ""))
+    user = _named(doc, "users", str(ctx.get("user") or "")) if ctx.get("user") else {}
+    server = cluster.get("server")
+    if not server:
+        raise KubeconfigError(f"cluster {ctx.get('cluster')!r} has no server")
+
+    def pem(data_key: str, file_key: str, section: Mapping[str, Any]) -> bytes | None:
+        if section.get(data_key):
+            try:
+                return base64.b64decode(section[data_key], validate=True)
+            except ValueError:
+                raise KubeconfigError(f"{data_key} is not base64") from None
+        if section.get(file_key):
+            return read_file(str(section[file_key]))
+        return None
+
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = read_file(str(user["tokenFile"])).decode().strip()
+    return ClientConfig(
+        server=str(server).rstrip("/"),
+        ca_data=pem("certificate-authority-data", "certificate-authority", cluster),
+        cert_data=pem("client-certificate-data", "client-certificate", user),
+        key_data=pem("client-key-data", "client-key", user),
+        token=str(token) if token else None,
+        insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
+    )
+
+
+def load_kubeconfig(path: str, context: str | None = None) -> ClientConfig:
+    """Read a kubeconfig file; files it names are relative to its directory, as kubectl reads them."""
+    text = _read_file(path)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise KubeconfigError(
+            f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
+    base = os.path.dirname(os.path.abspath(path))
+
+    def read(name: str) -> bytes:
+        return _read_file(os.path.join(base, os.path.expanduser(name)))
+
+    try:
+        return parse_kubeconfig(doc or {}, read, context)
+    except KubeconfigError as exc:
+        raise KubeconfigError(f"{path}: {exc}") from None
+
+
 # --- the client -----------------------------------------------------------------------------
 
 
 class ApiClient:
     """One API server, one keep-alive session. Use as `async with ApiClient(url) as client:` or
-    call `close()`. A client belongs to the event loop it is first used in."""
+    call `close()`. A client belongs to the event loop it is first used in.
+
+    `server` is a URL or a ClientConfig (TLS and credentials); `ApiClient.from_kubeconfig(path)`
+    reads one from a kubeconfig. A bad certificate or key raises KubeconfigError here.
+    """
 
     def __init__(
         self,
-        server_url: str,
+        server: str | ClientConfig,
         *,
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
         user_agent: str = "grove",
     ) -> None:
-        self.server_url = server_url.rstrip("/")
+        config = server if isinstance(server, ClientConfig) else ClientConfig(server)
+        self.config = config
+        self.server_url = config.server.rstrip("/")
         self.timeout = timeout
         self._headers = {"Accept": "application/json", "User-Agent": user_agent, **(headers or {})}
+        if config.token:
+            self._headers["Authorization"] = f"Bearer {config.token}"
+        self._ssl = config.ssl_context()
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_kubeconfig(cls, path: str, *, context: str | None = None, **kwargs: Any) -> ApiClient:
+        """A client for a kubeconfig's (current) context: server, CA, client certificate, token."""
+        return cls(load_kubeconfig(path, context), **kwargs)
 
     async def __aenter__(self) -> Self:
         return self
@@ -240,7 +414,9 @@ class ApiClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=256, ttl_dns_cache=300, ssl=self._ssl if self._ssl is not None else True
+                ),
                 headers=self._headers,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )

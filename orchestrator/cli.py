@@ -6,7 +6,9 @@ Flag names follow kube-apiserver's (`--etcd-servers`, `--bind-address`,
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import re
 import sys
 
@@ -47,7 +49,7 @@ def parse_duration(text: str) -> int:
     type=int,
     default=6443,
     show_default=True,
-    help="Port to listen on (plain HTTP for now).",
+    help="Port to listen on (HTTPS with --tls-cert-file, plain HTTP without).",
 )
 @click.option(
     "--advertise-address",
@@ -92,6 +94,32 @@ def parse_duration(text: str) -> int:
     help="Read through the Raft log (linearizable, slower).",
 )
 @click.option(
+    "--tls-cert-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Serving certificate (PEM); with --tls-private-key-file the server speaks HTTPS only.",
+)
+@click.option("--tls-private-key-file", type=click.Path(dir_okay=False), default=None, help="Its key (PEM).")
+@click.option(
+    "--client-ca-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Authenticate client certificates signed by this CA: user = CN, groups = O.",
+)
+@click.option(
+    "--token-auth-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help='Static bearer tokens, a CSV of token,user,uid,"group1,group2".',
+)
+@click.option(
+    "--anonymous-auth",
+    type=click.BOOL,
+    default=None,
+    help="Serve requests without credentials as system:anonymous "
+    "[default: true only when no authentication is configured].",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True
 )
 def apiserver(
@@ -106,9 +134,16 @@ def apiserver(
     watch_cache_size: int,
     bookmark_interval: float,
     quorum_reads: bool,
+    tls_cert_file: str | None,
+    tls_private_key_file: str | None,
+    client_ca_file: str | None,
+    token_auth_file: str | None,
+    anonymous_auth: bool | None,
     log_level: str,
 ) -> None:
-    """Run the Kubernetes-compatible API server over grove's store."""
+    """Run the Kubernetes-compatible API server over grove's store.
+
+    Authorization is allow-all: any authenticated user may do anything (no RBAC)."""
     try:
         servers = parse_endpoints(etcd_servers)
         ports = parse_port_range(service_node_port_range)
@@ -126,7 +161,19 @@ def apiserver(
         watch_cache_size=watch_cache_size,
         bookmark_interval=bookmark_interval,
         quorum_reads=quorum_reads,
+        tls_cert_file=tls_cert_file,
+        tls_private_key_file=tls_private_key_file,
+        client_ca_file=client_ca_file,
+        token_auth_file=token_auth_file,
+        anonymous_auth=anonymous_auth,
     )
+    from .apiserver import authn
+
+    try:  # fail on a bad file here, with one line, not in the server's startup
+        authn.server_ssl_context(config)
+        authn.load_authenticator(config)
+    except authn.AuthnConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -146,40 +193,122 @@ def apiserver(
         raise click.ClickException(f"cannot serve on {bind_address}:{port}: {exc.strerror or exc}") from None
 
 
-def kubeconfig_document(server: str, name: str = "grove", namespace: str = "default") -> dict:
-    """A kubeconfig with one cluster, user and context, for a plain-HTTP API server."""
+def kubeconfig_document(
+    server: str,
+    name: str = "grove",
+    namespace: str = "default",
+    *,
+    ca_data: bytes | None = None,
+    client_cert_data: bytes | None = None,
+    client_key_data: bytes | None = None,
+    token: str | None = None,
+) -> dict:
+    """A kubeconfig with one cluster, user and context; PEM data is embedded (`*-data`, base64)."""
     context: dict = {"cluster": name, "user": name}
     if namespace != "default":
         context["namespace"] = namespace
+    cluster: dict = {"server": server}
+    if ca_data:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_data).decode()
+    user: dict = {}
+    if client_cert_data:
+        user["client-certificate-data"] = base64.b64encode(client_cert_data).decode()
+    if client_key_data:
+        user["client-key-data"] = base64.b64encode(client_key_data).decode()
+    if token:
+        user["token"] = token
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": server}}],
-        "users": [{"name": name, "user": {}}],
+        "clusters": [{"name": name, "cluster": cluster}],
+        "users": [{"name": name, "user": user}],
         "contexts": [{"name": name, "context": context}],
         "current-context": name,
         "preferences": {},
     }
 
 
+def _read_pem(path: str, flag: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint=flag) from None
+    if b"-----BEGIN " not in data:
+        raise click.BadParameter(f"{path} is not PEM", param_hint=flag)
+    return data
+
+
 @click.command("kubeconfig")
-@click.option("--server", required=True, help="URL of the API server, e.g. http://127.0.0.1:6443.")
+@click.option("--server", required=True, help="URL of the API server, e.g. https://127.0.0.1:6443.")
 @click.option("--name", default="grove", show_default=True, help="Name of the cluster, user and context.")
 @click.option("--namespace", default="default", show_default=True, help="The context's default namespace.")
+@click.option(
+    "--certs-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A `grove certs` directory: ca.crt and the --client pair are embedded.",
+)
+@click.option(
+    "--client",
+    default="admin",
+    show_default=True,
+    help="Which client pair of --certs-dir: admin, kube-scheduler, kube-controller-manager, kube-proxy, "
+    "node-<name>.",
+)
+@click.option("--ca", type=click.Path(dir_okay=False), default=None, help="CA certificate (PEM) to trust.")
+@click.option(
+    "--client-cert", type=click.Path(dir_okay=False), default=None, help="Client certificate (PEM)."
+)
+@click.option("--client-key", type=click.Path(dir_okay=False), default=None, help="Its key (PEM).")
+@click.option("--token", default=None, help="Bearer token (a --token-auth-file entry).")
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
-    help="Write to FILE instead of stdout.",
+    help="Write to FILE (mode 0600) instead of stdout.",
 )
-def kubeconfig(server: str, name: str, namespace: str, output: str | None) -> None:
-    """Print a kubeconfig that points kubectl at a grove API server."""
+def kubeconfig(
+    server: str,
+    name: str,
+    namespace: str,
+    certs_dir: str | None,
+    client: str,
+    ca: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    token: str | None,
+    output: str | None,
+) -> None:
+    """Print a kubeconfig that points kubectl at a grove API server (with its CA and credentials)."""
     if not re.match(r"^https?://[^/\s]+", server):
-        raise click.BadParameter(f"{server!r} is not a URL like http://127.0.0.1:6443", param_hint="--server")
-    text = yaml.safe_dump(kubeconfig_document(server.rstrip("/"), name, namespace), sort_keys=False)
+        raise click.BadParameter(
+            f"{server!r} is not a URL like https://127.0.0.1:6443", param_hint="--server"
+        )
+    if certs_dir:
+        ca = ca or os.path.join(certs_dir, "ca.crt")
+        if not (client_cert or client_key or token):
+            client_cert = os.path.join(certs_dir, f"{client}.crt")
+            client_key = os.path.join(certs_dir, f"{client}.key")
+    if bool(client_cert) != bool(client_key):
+        raise click.UsageError("--client-cert and --client-key go together")
+    document = kubeconfig_document(
+        server.rstrip("/"),
+        name,
+        namespace,
+        ca_data=_read_pem(ca, "--ca") if ca else None,
+        client_cert_data=_read_pem(client_cert, "--client-cert") if client_cert else None,
+        client_key_data=_read_pem(client_key, "--client-key") if client_key else None,
+        token=token,
+    )
+    text = yaml.safe_dump(document, sort_keys=False)
     if output:
-        with open(output, "w") as f:
-            f.write(text)
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
     else:
         click.echo(text, nl=False)

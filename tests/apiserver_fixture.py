@@ -41,10 +41,18 @@ class ApiServerProcess:
     workdir: str
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    # A `grove certs` directory: the server is HTTPS (the caller passes the TLS flags in
+    # extra_args), readiness is checked against its CA and the kubeconfig is the admin's.
+    certs_dir: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certs_dir else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> str | bool:
+        """What `requests` should verify the server against."""
+        return os.path.join(self.certs_dir, "ca.crt") if self.certs_dir else True
 
     @property
     def kubeconfig(self) -> str:
@@ -78,7 +86,7 @@ class ApiServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"apiserver exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/readyz", timeout=1, verify=self.ca_file).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -102,8 +110,10 @@ class ApiServerProcess:
         self.start()
 
     def write_kubeconfig(self) -> None:
+        tls = ["--certs-dir", self.certs_dir] if self.certs_dir else []
+        args = ["kubeconfig", "--server", self.url, "-o", self.kubeconfig, *tls]
         subprocess.run(
-            [sys.executable, "-m", "orchestrator", "kubeconfig", "--server", self.url, "-o", self.kubeconfig],
+            [sys.executable, "-m", "orchestrator", *args],
             check=True,
             env=_env(),
             cwd=ROOT,
@@ -145,12 +155,12 @@ class ApiServerProcess:
 
 
 def start_apiserver(
-    extra_args: list[str] | None = None, cluster_args: dict | None = None
+    extra_args: list[str] | None = None, cluster_args: dict | None = None, certs_dir: str | None = None
 ) -> ApiServerProcess:
     """A started cluster + API server; the caller must call `stop_apiserver` (even on failure)."""
     cluster = GroveCluster(3, **(cluster_args or {}))
     workdir = tempfile.mkdtemp(prefix="grove-apiserver-")
-    server = ApiServerProcess(cluster, free_port(), workdir, list(extra_args or []))
+    server = ApiServerProcess(cluster, free_port(), workdir, list(extra_args or []), certs_dir=certs_dir)
     try:
         cluster.start()
         server.start()

@@ -5,8 +5,8 @@ Non-resource endpoints (`/healthz`, `/readyz`, `/livez`, `/version`, `/metrics`,
 `/openapi/*`) are answered here; everything under `/api` and `/apis` is parsed into a RequestInfo
 and handed to the verb handlers (handlers.py) or the watch streamer (watch.py). Any failure is an
 ApiError turned into a Status body; an unexpected exception is logged with its traceback and the
-client gets a 500 Status without one. Plain HTTP for now: TLS and authentication will wrap
-`build_app` without changing it.
+client gets a 500 Status without one. HTTPS and authentication (authn.py) are a middleware and
+the site's SSL context; authorization is allow-all.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from kvstore.client import KVClient
 from orchestrator import openapi, resources
 from orchestrator.resources import DEFAULT_REGISTRY, Registry
 
-from . import codec, errors
+from . import authn, codec, errors
 from .codec import Accept, parse_accept
 from .config import GIT_VERSION, ServerConfig
 from .handlers import (
@@ -135,6 +135,7 @@ class ApiServer:
         self.pod_proxy = PodProxy(self.storage, registry)
         self.metrics_api = MetricsApi(self.storage, registry)
         self.metrics = Metrics()
+        self.authenticator = authn.load_authenticator(config)
         self._discovery: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._bootstrapped = False
         self._bootstrap_task: asyncio.Task[None] | None = None
@@ -257,7 +258,8 @@ class ApiServer:
     # --- the application ------------------------------------------------------------------
 
     def build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors_middleware], client_max_size=3 * 1024 * 1024)
+        middlewares = [self._errors_middleware, *self.authenticator.middlewares()]
+        app = web.Application(middlewares=middlewares, client_max_size=3 * 1024 * 1024)
         r = app.router
         for path in ("/healthz", "/livez", "/readyz"):
             r.add_get(path, self.health)
@@ -270,6 +272,7 @@ class ApiServer:
         r.add_get("/openapi/v3/", self.openapi_v3_index)
         r.add_get("/openapi/v3/{path:.+}", self.openapi_v3)
         r.add_get("/", self.root)
+        r.add_post(authn.SELF_SUBJECT_REVIEW_PATH, authn.self_subject_review)
         r.add_route("*", "/api", self.resource)
         r.add_route("*", "/api/{tail:.*}", self.resource)
         r.add_route("*", "/apis", self.resource)
@@ -553,10 +556,14 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     app = server.build_app()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.bind_address, config.port, reuse_address=True, backlog=1024)
+    ssl_context = authn.server_ssl_context(config)
+    site = web.TCPSite(
+        runner, config.bind_address, config.port, reuse_address=True, backlog=1024, ssl_context=ssl_context
+    )
     await site.start()
     log.info(
-        "grove apiserver serving on http://%s:%d (store: %s)",
+        "grove apiserver serving on %s://%s:%d (store: %s)",
+        "https" if ssl_context else "http",
         config.bind_address,
         config.port,
         ",".join(config.etcd_servers),

@@ -29,3 +29,10 @@ class ServerConfig:
     # Watchers of one resource share one store stream; this many recent events are kept for
     # watches that start a little in the past (kube's watch cache).
     watch_cache_size: int = 10000
+    # TLS and authentication (authn.py). HTTPS when the serving pair is given.
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    client_ca_file: str | None = None  # x509 client certificates: user = CN, groups = O
+    token_auth_file: str | None = None  # static tokens: token,user,uid,"group1,group2"
+    # None: on only when no authenticator is configured (kube-apiserver's --anonymous-auth).
+    anonymous_auth: bool | None = None

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import click
 
+from orchestrator.clientflags import connection, kubeconfig_option
 from orchestrator.leaderelection import LeaseConfig
 
 from .base import ControllerOptions
@@ -54,6 +55,7 @@ DURATION = Duration()
     envvar="GROVE_SERVER",
     help="API server URL.",
 )
+@kubeconfig_option
 @click.option(
     "--controllers",
     "controller_spec",
@@ -113,6 +115,7 @@ DURATION = Duration()
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def controllers(
     server: str,
+    kubeconfig: str | None,
     controller_spec: str,
     leader_elect: bool,
     lease_namespace: str,
@@ -165,7 +168,7 @@ def controllers(
     if node_monitor_grace_period <= node_monitor_period:
         raise click.UsageError("--node-monitor-grace-period must be longer than --node-monitor-period")
     options = ManagerOptions(
-        server=server,
+        server=connection(server, kubeconfig),  # type: ignore[arg-type]  # a URL or a ClientConfig
         controllers=chosen,
         lease=lease,
         bind_address=bind_address,

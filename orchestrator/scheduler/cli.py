@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import click
 
+from orchestrator.clientflags import connection, kubeconfig_option
 from orchestrator.leaderelection import LeaseConfig
 from orchestrator.scheduler.scheduler import (
     SCHEDULER_NAMES,
@@ -58,6 +59,7 @@ class Duration(click.ParamType):
     envvar="GROVE_SERVER",
     help="API server URL.",
 )
+@kubeconfig_option
 @click.option(
     "--leader-elect/--no-leader-elect",
     default=True,
@@ -129,6 +131,7 @@ class Duration(click.ParamType):
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def scheduler(
     server: str,
+    kubeconfig: str | None,
     leader_elect: bool,
     lease_namespace: str,
     lease_name: str,
@@ -174,7 +177,7 @@ def scheduler(
         record_scheduled_events=scheduled_events,
     )
     metrics = (metrics_bind_address, metrics_port) if metrics_port else None
-    _run(run_scheduler(server, options, lease, metrics))
+    _run(run_scheduler(connection(server, kubeconfig), options, lease, metrics))  # type: ignore[arg-type]
 
 
 def _run(main) -> None:  # type: ignore[no-untyped-def]

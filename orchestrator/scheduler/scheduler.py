@@ -36,7 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError, NotFound, Obj
+from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError, ClientConfig, NotFound, Obj
 from orchestrator.leaderelection import LeaderElector, LeaseConfig
 from orchestrator.scheduler.assume import AssumeCache
 from orchestrator.scheduler.framework import FitError, Framework
@@ -492,7 +492,7 @@ async def start_metrics(scheduler: Scheduler, host: str, port: int) -> web.AppRu
 
 
 async def run_scheduler(
-    server: str,
+    server: str | ClientConfig,
     options: SchedulerOptions | None = None,
     lease: LeaseConfig | None = None,
     metrics_address: tuple[str, int] | None = None,
