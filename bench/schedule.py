@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError
+from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError, ClientConfig, load_kubeconfig
 
 NAMESPACE = "grove-bench-schedule"
 NODE_PREFIX = "bench-node-"
@@ -374,7 +374,8 @@ def run_schedule(config: ScheduleConfig, progress: Progress | None = None) -> Sc
             if proc is not None:
                 pids[cluster.kv.names[i]] = proc.pid
         pids["bench (this process)"] = os.getpid()
-        result = _run(cluster.api_url, config, progress, pids, cleanup_after=False)
+        # as the cluster's admin, over TLS, as a user would
+        result = _run(load_kubeconfig(cluster.kubeconfig), config, progress, pids, cleanup_after=False)
         for comp in cluster.dead_components():
             result.notes.append(f"{comp.name} exited during the run: {comp.tail(5)}")
         return result
@@ -385,7 +386,11 @@ def run_schedule(config: ScheduleConfig, progress: Progress | None = None) -> Sc
 
 
 def _run(
-    server: str, config: ScheduleConfig, progress: Progress, pids: dict[str, int], cleanup_after: bool
+    server: str | ClientConfig,
+    config: ScheduleConfig,
+    progress: Progress,
+    pids: dict[str, int],
+    cleanup_after: bool,
 ) -> ScheduleResult:
     async def main() -> ScheduleResult:
         async with ApiClient(server, user_agent="grove-bench-schedule", timeout=60) as client:

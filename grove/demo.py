@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from grove.up import PID_FILE, ROOT, STATUS_FILE, _pid_alive, check_docker
+from grove.up import PID_FILE, ROOT, STATUS_FILE, _pid_alive, check_docker, client_context
 
 EXAMPLES = ("web-configmap.yaml", "web-deployment.yaml", "web-service.yaml")
 APP = "web"
@@ -53,6 +54,7 @@ class Running:
     timings: dict[str, Any]
     notes: list[str]
     components: dict[str, bool]
+    context: ssl.SSLContext | None = None  # the admin's certificate, when the cluster is secured
 
 
 def _read_status(state_dir: str) -> dict[str, Any] | None:
@@ -121,6 +123,11 @@ class ClusterTour:
             timings=status.get("timings") or {},
             notes=list(status.get("notes") or ()),
             components=dict(status.get("components") or {}),
+            context=(
+                client_context(status["ca_file"], status["client_cert"], status["client_key"])
+                if status.get("ca_file")
+                else None
+            ),
         )
 
     def _spawn_up(self) -> int:
@@ -207,7 +214,9 @@ class ClusterTour:
     def get(self, path: str) -> dict[str, Any]:
         assert self.running is not None
         try:
-            with urllib.request.urlopen(self.running.api_url + path, timeout=10) as r:
+            with urllib.request.urlopen(
+                self.running.api_url + path, timeout=10, context=self.running.context
+            ) as r:
                 return json.loads(r.read())
         except (OSError, ValueError) as exc:
             raise DemoError(f"the API server does not answer GET {path}: {exc}") from None

@@ -11,6 +11,11 @@ engine).
 While it runs, `STATE/grove-up.pid` names the `grove up` process, `STATE/components.json` every
 process it started (so `grove down` can stop them even if `grove up` itself was killed) and
 `STATE/status.json` says where things are once the cluster is Ready (what `make demo` waits for).
+
+By default the cluster is secured as kubeadm secures one: `STATE/pki` holds a CA and certificates
+(`grove certs`), the API server speaks HTTPS only and authenticates clients by certificate, and
+every component gets a kubeconfig with its own identity (`system:kube-scheduler`,
+`system:node:<name>`, ...). `--insecure` runs plain HTTP without authentication instead.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,26 +55,40 @@ LEADS = {"scheduler": "scheduler", "controllers": "controller manager"}
 # --- small HTTP helpers (urllib: `grove up` must not depend on an event loop) -----------------------
 
 
-def _request(method: str, url: str, body: Any = None, timeout: float = 5.0) -> dict | None:
+def _request(
+    method: str, url: str, body: Any = None, timeout: float = 5.0, context: ssl.SSLContext | None = None
+) -> dict | None:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return json.loads(r.read() or b"{}")
     except (OSError, ValueError, urllib.error.HTTPError):
         return None
 
 
-def _get_json(url: str, timeout: float = 2.0) -> dict | None:
-    return _request("GET", url, timeout=timeout)
+def _get_json(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> dict | None:
+    return _request("GET", url, timeout=timeout, context=context)
 
 
-def _ok(url: str) -> bool:
+def _ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as r:
+        with urllib.request.urlopen(url, timeout=2.0, context=context) as r:
             return r.status == 200
     except (OSError, urllib.error.HTTPError):
         return False
+
+
+def client_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
+    """What a client of a secured cluster presents: trust the cluster's CA, show its certificate."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -247,6 +267,7 @@ class Cluster:
         proxy: bool | None = None,
         dns: bool = True,
         controllers: bool = True,
+        secure: bool = True,
     ) -> None:
         self.state_dir = os.path.abspath(state_dir)
         self.logs = os.path.join(self.state_dir, "logs")
@@ -260,8 +281,11 @@ class Cluster:
         self.ports = self._ports(api_port)
         self.kv = GroveCluster(3, os.path.join(self.state_dir, "kv"), log_dir=self.logs, name_prefix="kv")
         self.components: list[Component] = []
-        self.api_url = f"http://127.0.0.1:{self.ports['apiserver']}"
+        self.secure = secure
+        self.pki = os.path.join(self.state_dir, "pki")
+        self.api_url = f"{'https' if secure else 'http'}://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig = os.path.join(self.state_dir, "kubeconfig")
+        self.context: ssl.SSLContext | None = None  # the admin's, for up's own API calls
         self.identity = f"{socket.gethostname()}_{os.path.basename(self.state_dir)}"
         self.dns_address = ""
         self.notes: list[str] = []
@@ -337,6 +361,9 @@ class Cluster:
         t.store = time.monotonic() - t0
         eps = ",".join(self.kv.client_urls)
 
+        if self.secure:
+            progress("certificates (CA, API server, one identity per component)…")
+            self._ensure_pki()
         progress("starting the API server…")
         api = self._component(
             "apiserver",
@@ -348,11 +375,12 @@ class Cluster:
                 "127.0.0.1",
                 "--port",
                 str(self.ports["apiserver"]),
+                *self._apiserver_tls(),
             ],
         )
         api.start()
         self.record_pids()
-        self._wait("the API server", lambda: _ok(self.api_url + "/readyz"), 60, [api])
+        self._wait("the API server", lambda: _ok(self.api_url + "/readyz", self.context), 60, [api])
         self._write_kubeconfig()
         t.apiserver = time.monotonic() - t0
 
@@ -403,8 +431,7 @@ class Cluster:
                     "scheduler",
                     [
                         "scheduler",
-                        "--server",
-                        self.api_url,
+                        *self._conn("kube-scheduler"),
                         "--name",
                         self._id("scheduler"),
                         "--metrics-port",
@@ -415,13 +442,13 @@ class Cluster:
         if self.want_controllers and _has("orchestrator.controllers.cli"):
             control.append(self._component(
                 "controllers",
-                ["controllers", "--server", self.api_url, "--name", self._id("controllers"), "--port", str(self.ports["controllers"])],
+                ["controllers", *self._conn("kube-controller-manager"), "--name", self._id("controllers"), "--port", str(self.ports["controllers"])],
             ))  # fmt: skip
         if self.want_dns and _has("node.proxy_cli"):
             if gateway and os.geteuid() == 0:
                 # On the bridge's gateway every pod reaches it; pods get it as their nameserver.
                 self.dns_address = gateway
-                argv = ["dns", "--server", self.api_url, "--listen", f"{gateway}:53",
+                argv = ["dns", *self._conn("kube-proxy"), "--listen", f"{gateway}:53",
                         "--publish-service", "kube-system/kube-dns"]  # fmt: skip
             elif gateway:
                 self.notes.append(
@@ -430,7 +457,7 @@ class Cluster:
                 argv = []
             else:  # no pods run on hollow nodes: answer on loopback, for lookups from this host
                 self.dns_address = f"127.0.0.1:{self.ports['dns']}"
-                argv = ["dns", "--server", self.api_url, "--listen", self.dns_address]
+                argv = ["dns", *self._conn("kube-proxy"), "--listen", self.dns_address]
             if argv:
                 control.append(self._component("dns", argv))
         return control
@@ -443,14 +470,14 @@ class Cluster:
         if self.runtime == "fake":
             comps.append(self._component(
                 "nodes-fake",
-                ["node", "--server", self.api_url, "--runtime", "fake", "--count", str(self.nodes),
+                ["node", *self._conn(f"node-{self.node_names[0]}"), "--runtime", "fake", "--count", str(self.nodes),
                  "--name-prefix", FAKE_NODE_PREFIX, "--port", "0", "--root-dir", os.path.join(root, "hollow")],
             ))  # fmt: skip
             return comps
         for name in self.node_names:
             # Every agent on this host gets its own endpoint port (0: the kernel picks one, the
             # agent advertises it in its Node's daemonEndpoints) and its own volume directory.
-            argv = ["node", "--server", self.api_url, "--name", name, "--runtime", "docker", "--port", "0",
+            argv = ["node", *self._conn(f"node-{name}"), "--name", name, "--runtime", "docker", "--port", "0",
                     "--root-dir", os.path.join(root, name)]  # fmt: skip
             if self.dns_address:
                 argv += ["--cluster-dns", self.dns_address]
@@ -465,7 +492,7 @@ class Cluster:
                 # One proxy serves this host's addresses for every node on it.
                 comps.append(
                     self._component(
-                        "proxy", ["proxy", "--server", self.api_url, "--node", self.node_names[0]]
+                        "proxy", ["proxy", *self._conn("kube-proxy"), "--node", self.node_names[0]]
                     )
                 )
         return comps
@@ -473,7 +500,7 @@ class Cluster:
     # --- what the API says -----------------------------------------------------------------------
 
     def ready_nodes(self) -> int:
-        data = _get_json(self.api_url + "/api/v1/nodes") or {}
+        data = _get_json(self.api_url + "/api/v1/nodes", context=self.context) or {}
         n = 0
         for node in data.get("items", []):
             if node.get("metadata", {}).get("name") not in self.node_names:
@@ -485,18 +512,86 @@ class Cluster:
 
     def lease_holder(self, name: str) -> str:
         lease = (
-            _get_json(f"{self.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}")
+            _get_json(
+                f"{self.api_url}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{name}",
+                context=self.context,
+            )
             or {}
         )
         return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
     def _write_kubeconfig(self) -> None:
+        """The admin's kubeconfig (what the user's kubectl reads)."""
+        self._write_kubeconfig_for("admin", self.kubeconfig)
+
+    def _write_kubeconfig_for(self, identity: str, path: str) -> None:
         import yaml
 
         from orchestrator.cli import kubeconfig_document
 
-        with open(self.kubeconfig, "w") as f:
-            f.write(yaml.safe_dump(kubeconfig_document(self.api_url), sort_keys=False))
+        tls: dict[str, bytes] = {}
+        if self.secure:
+            tls = {
+                "ca_data": _read(os.path.join(self.pki, "ca.crt")),
+                "client_cert_data": _read(os.path.join(self.pki, f"{identity}.crt")),
+                "client_key_data": _read(os.path.join(self.pki, f"{identity}.key")),
+            }
+        doc = yaml.safe_dump(kubeconfig_document(self.api_url, **tls), sort_keys=False)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(doc)
+        os.replace(path + ".tmp", path)
+
+    # --- certificates ------------------------------------------------------------------------------
+
+    def _identities(self) -> list[str]:
+        nodes = self.node_names[:1] if self.runtime == "fake" else self.node_names
+        return [
+            "admin",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-proxy",
+            *(f"node-{n}" for n in nodes),
+        ]
+
+    def _ensure_pki(self) -> None:
+        """CA and certificates in STATE/pki: made once, kept across restarts; a missing one is added."""
+        import datetime
+
+        from grove import certs
+
+        wanted = ["ca", "apiserver", *self._identities()]
+        if not all(
+            os.path.exists(os.path.join(self.pki, f"{w}.{e}")) for w in wanted for e in ("crt", "key")
+        ):
+            nodes = self.node_names[:1] if self.runtime == "fake" else self.node_names
+            bundle = certs.build_bundle(
+                datetime.datetime.now(datetime.UTC), socket.gethostname(), nodes,
+                ca=certs.load_ca(self.pki),
+            )  # fmt: skip
+            certs.write_bundle(self.pki, bundle)
+        self.context = client_context(
+            os.path.join(self.pki, "ca.crt"),
+            os.path.join(self.pki, "admin.crt"),
+            os.path.join(self.pki, "admin.key"),
+        )
+        for identity in self._identities()[1:]:
+            self._write_kubeconfig_for(identity, os.path.join(self.pki, f"{identity}.kubeconfig"))
+
+    def _apiserver_tls(self) -> list[str]:
+        if not self.secure:
+            return []
+        return [
+            "--tls-cert-file", os.path.join(self.pki, "apiserver.crt"),
+            "--tls-private-key-file", os.path.join(self.pki, "apiserver.key"),
+            "--client-ca-file", os.path.join(self.pki, "ca.crt"),
+        ]  # fmt: skip
+
+    def _conn(self, identity: str) -> list[str]:
+        """How a component reaches the API server: its own kubeconfig, or the plain URL."""
+        if not self.secure:
+            return ["--server", self.api_url]
+        return ["--kubeconfig", os.path.join(self.pki, f"{identity}.kubeconfig")]
 
     def first_pod_seconds(self, image: str = FIRST_POD_IMAGE, timeout: float = 60.0) -> float | None:
         """Create a throwaway pod and time it from creation to Running (what a user waits for first)."""
@@ -510,17 +605,17 @@ class Cluster:
         }  # fmt: skip
         url = f"{self.api_url}/api/v1/namespaces/{ns}/pods"
         t0 = time.monotonic()
-        if _request("POST", url, pod, timeout=10) is None:
+        if _request("POST", url, pod, timeout=10, context=self.context) is None:
             return None
         took = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = _get_json(f"{url}/{name}") or {}
+            got = _get_json(f"{url}/{name}", context=self.context) or {}
             if got.get("status", {}).get("phase") == "Running":
                 took = time.monotonic() - t0
                 break
             time.sleep(0.02)
-        _request("DELETE", f"{url}/{name}?gracePeriodSeconds=0", timeout=10)
+        _request("DELETE", f"{url}/{name}?gracePeriodSeconds=0", timeout=10, context=self.context)
         return took
 
     def dead_components(self) -> list[Component]:
@@ -529,7 +624,7 @@ class Cluster:
     def pod_uids(self) -> set[str]:
         """uids of this cluster's pods: from the API, and the nodes' pod directories."""
         uids: set[str] = set()
-        data = _get_json(self.api_url + "/api/v1/pods", timeout=10) or {}
+        data = _get_json(self.api_url + "/api/v1/pods", timeout=10, context=self.context) or {}
         for pod in data.get("items", []):
             uid = (pod.get("metadata") or {}).get("uid")
             if uid:
@@ -547,6 +642,10 @@ class Cluster:
             "pid": os.getpid(),
             "api_url": self.api_url,
             "kubeconfig": self.kubeconfig,
+            # what a script needs to call the API as the admin (empty with --insecure)
+            "ca_file": os.path.join(self.pki, "ca.crt") if self.secure else "",
+            "client_cert": os.path.join(self.pki, "admin.crt") if self.secure else "",
+            "client_key": os.path.join(self.pki, "admin.key") if self.secure else "",
             "store": self.kv.client_urls,
             "logs": self.logs,
             "runtime": self.runtime,
@@ -641,7 +740,20 @@ def _steps(console: Console) -> tuple[Callable[[str], None], Callable[[], None]]
 )
 @click.option("--first-pod/--no-first-pod", default=True, show_default=True,
               help="Time a first pod from creation to Running once the cluster is Ready.")  # fmt: skip
-def up(state_dir: str, nodes: int, runtime: str, api_port: int | None, proxy: bool, first_pod: bool) -> None:
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plain HTTP and no authentication (default: TLS and client certificates).",
+)
+def up(
+    state_dir: str,
+    nodes: int,
+    runtime: str,
+    api_port: int | None,
+    proxy: bool,
+    first_pod: bool,
+    insecure: bool,
+) -> None:
     """Start a whole cluster here: store, API server, scheduler, controllers, DNS, proxy and nodes."""
     began = time.monotonic()  # "Ready in" counts the prerequisite checks and image builds too
     console = Console(stderr=True, soft_wrap=True)
@@ -670,7 +782,7 @@ def up(state_dir: str, nodes: int, runtime: str, api_port: int | None, proxy: bo
     pid_path = os.path.join(state_dir, PID_FILE)
     with open(pid_path, "w") as f:
         f.write(str(os.getpid()))
-    cluster = Cluster(state_dir, nodes, runtime, api_port, proxy=proxy)
+    cluster = Cluster(state_dir, nodes, runtime, api_port, proxy=proxy, secure=not insecure)
     stop = {"now": False}
 
     def interrupt_start(signum: int, frame: Any) -> None:

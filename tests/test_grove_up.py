@@ -89,7 +89,13 @@ class GroveUp:
                 return status if status.get("pid") == self.proc.pid else None
             return None
 
-        return wait_for(up, "grove up to report the cluster Ready", UP_TIMEOUT)
+        status = wait_for(up, "grove up to report the cluster Ready", UP_TIMEOUT)
+        self.url = status["api_url"]
+        if status.get("ca_file"):  # a secured cluster: call the API as its admin
+            self.http.trust_env = False  # REQUESTS_CA_BUNDLE would win over `verify`
+            self.http.verify = status["ca_file"]
+            self.http.cert = (status["client_cert"], status["client_key"])
+        return status
 
     def output(self) -> str:
         try:
@@ -209,6 +215,15 @@ def test_grove_up_fake_nodes_schedule_and_survive_a_restart(grove_up: Callable[.
     assert all(n["status"]["allocatable"]["cpu"] == "4" for n in nodes)
     # kubectl works with the kubeconfig grove up wrote.
     assert "hollow-2" in g.kubectl("get", "nodes")
+    # The cluster is secured: HTTPS with the cluster's CA, and no answer without a certificate.
+    assert status["api_url"].startswith("https://")
+    assert "kubernetes-admin" in g.kubectl("auth", "whoami")
+    with requests.Session() as bare:
+        bare.trust_env = False
+        anonymous = bare.get(status["api_url"] + "/api/v1/nodes", verify=status["ca_file"], timeout=10)
+    assert anonymous.status_code == 401 and anonymous.json()["reason"] == "Unauthorized"
+    for identity in ("kube-scheduler", "kube-controller-manager", "kube-proxy", "node-hollow-0"):
+        assert (g.state_dir / "pki" / f"{identity}.kubeconfig").stat().st_mode & 0o077 == 0
 
     g.patch("/api/v1/nodes/hollow-0", {"metadata": {"labels": {"disk": "ssd"}}})
     g.patch(
