@@ -41,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 from node import podsync
 from node.env import EnvError, EnvSources, container_env, referenced_configmaps, referenced_secrets
 from node.probes import ProbeManager, RunningContainer, http_get, resolve_port
+from node.runtime.spec import LABEL_NODE
 from node.runtime.types import (
     LABEL_POD_NAME,
     LABEL_POD_NAMESPACE,
@@ -202,6 +203,9 @@ class AgentConfig:
     housekeeping_interval: float = 10.0
     crashloop_backoff: tuple[float, float] = (10.0, 300.0)  # initial, maximum (Kubernetes' values)
     image_pull_backoff: tuple[float, float] = (10.0, 300.0)
+    # Pods synced at once. A pod start is mostly waiting on the engine (sandbox ~0.3-1 s, container
+    # ~0.1-0.5 s on 2 cores), which gains little from more than 2-4 starts at once: with 8 or 16
+    # workers each start only took longer, and pods started later (bench/podstartup.py).
     workers: int = 4
     events: bool = True
     pod_cidr: str = ""
@@ -243,6 +247,8 @@ class NodeAgent:
         self.services = services
         self.executor = executor
         self.blocking = getattr(runtime, "blocking", True)
+        if getattr(runtime, "node_name", None) == "":
+            runtime.node_name = config.name  # every container it creates carries the node's name
         self.queue = WorkQueue(f"node {config.name}", base_delay=0.2, max_delay=30.0)
         self.backoff = podsync.BackOff(*config.crashloop_backoff)
         self.image_backoff = podsync.BackOff(*config.image_pull_backoff)
@@ -561,7 +567,7 @@ class NodeAgent:
         on_engine = await self._rt(self.runtime.list_pod_containers)
         known = {str(p["metadata"].get("uid")) for p in self.my_pods()}
         for uid, pc in on_engine.items():
-            if uid in known or not self._owns(uid):
+            if uid in known or not self._owns(uid, pc):
                 continue
             task = self._terminating.get(uid)
             if task is not None and not task.done():
@@ -579,10 +585,18 @@ class NodeAgent:
                 ):
                     await self._rt(remove_volumes, entry)
 
-    def _owns(self, uid: str) -> bool:
-        """Whether this agent started the pod with this uid (its directory exists). Containers of
-        pods it did not start — another agent's on a shared engine, a test's — are not its own."""
-        return not self.blocking or self.pod_dir(uid).is_dir() or uid in self._uids.values()
+    def _owns(self, uid: str, found: PodContainers) -> bool:
+        """Whether this agent started the pod with this uid: its directory is in this agent's root
+        dir. Containers of pods it did not start — another agent's on a shared engine, a test's —
+        are not its own. The node name on the containers (LABEL_NODE) rules out other nodes' pods
+        cheaply, but cannot prove ownership alone: two clusters on one engine may both have a
+        node called grove-node-0, and each must leave the other's pods alone."""
+        if not self.blocking or uid in self._uids.values():
+            return True
+        nodes = {c.labels.get(LABEL_NODE) for c in [*found.sandboxes, *found.containers]} - {None}
+        if nodes and self.name not in nodes:
+            return False
+        return self.pod_dir(uid).is_dir()
 
     def engine_event(self, namespace: str, name: str) -> None:
         """The engine says a container of this pod changed (died, started): sync it."""
@@ -791,8 +805,9 @@ class NodeAgent:
             self.queue.add_after(key, self.error_backoff.remaining(backoff_key, now, now) + 0.05)
             return None
         if self.blocking:
-            # The pod's directory records that this agent owns the pod's containers: housekeeping
-            # only ever removes containers of pods it started (the engine may be shared).
+            # The pod's directory records that this agent started the pod: housekeeping only ever
+            # removes containers of pods it started (the engine may be shared), and `grove down`
+            # reads the uids of its nodes' pods here.
             await self._rt(lambda: self.pod_dir(uid).mkdir(parents=True, exist_ok=True))
         try:
             sandbox = await self._rt(self.runtime.run_sandbox, pod, attempt)

@@ -297,6 +297,7 @@ class ProbeManager:
         self.on_change = on_change
         self.on_failure = on_failure  # (pod key, container name, kind, message): an Unhealthy event
         self.clock = clock
+        self.started_at = clock()  # containers that started before this are adopted ones
         self._workers: dict[tuple[str, str, str], _Worker] = {}
         self._seeded: dict[tuple[str, str], bool] = {}  # (container id, kind) -> initial result
 
@@ -377,8 +378,7 @@ class ProbeManager:
         try:
             # Startup and liveness/readiness share the initial delay counted from the start.
             wait = rc.started_at + spec.initial_delay - self.clock()
-            # Spread probes of containers started together, as the kubelet's jitter does.
-            await asyncio.sleep(max(0.0, wait) + random.uniform(0, min(spec.period, 1.0)) * 0.1)
+            await asyncio.sleep(max(0.0, wait) + self.first_probe_jitter(rc, spec))
             while True:
                 if kind != STARTUP and not self._startup_passed(uid, name, rc):
                     await asyncio.sleep(min(spec.period, 1.0))
@@ -398,6 +398,14 @@ class ProbeManager:
             raise
         except Exception:
             log.exception("%s probe of %s/%s stopped", kind, pod_key, name)
+
+    def first_probe_jitter(self, rc: RunningContainer, spec: ProbeSpec) -> float:
+        """Seconds to wait beyond the initial delay before the first probe. Only containers adopted
+        after an agent restart are spread out (they would all be probed at once), as the kubelet
+        does in its first probe period; a new container's readiness is not made to wait."""
+        if rc.started_at >= self.started_at:
+            return 0.0
+        return random.uniform(0, min(spec.period, 1.0)) * 0.1
 
     def _startup_passed(self, uid: str, name: str, rc: RunningContainer) -> bool:
         if ProbeSpec.of(rc.spec, STARTUP) is None:

@@ -34,6 +34,7 @@ pytest.register_assert_rewrite("tests.dockerutil")  # before its import: its ass
 
 from node.images import BUSYBOX_IMAGE  # noqa: E402
 from node.runtime import LABEL_POD_NAMESPACE, LABEL_POD_UID, DockerRuntime  # noqa: E402
+from node.runtime.spec import LABEL_NODE  # noqa: E402
 from tests import apiserver_fixture  # noqa: E402
 from tests.apiserver_fixture import KUBECTL, ROOT, ApiServerProcess  # noqa: E402
 from tests.dockerutil import make_pod, wait_for  # noqa: E402
@@ -776,22 +777,29 @@ def test_agent_restart_adopts_running_pods(
 def test_orphans_are_removed_and_other_containers_are_left_alone(
     api: Api, ns: str, agent: AgentProcess, docker_client: docker.DockerClient
 ) -> None:
-    # A pod of this node, deleted from the API while its agent was down: an orphan.
+    # A pod of this node, deleted from the API while its agent was down: an orphan. Its containers
+    # carry the node's name.
     run_pod(api, ns, "ghost", [shell("c", "trap 'exit 0' TERM; while true; do sleep 0.2; done")])
     wait_ready(api, ns, "ghost")
     ghost_uid = api.pod(ns, "ghost")["metadata"]["uid"]
-    # A container started by hand without labels, and a pod someone else put on the engine.
+    assert {c.labels.get(LABEL_NODE) for c in containers_of(docker_client, ghost_uid).values()} == {NODE}
+    # A container started by hand without labels, a pod someone else put on the engine without a
+    # node's name (as grove did before it had one), and a pod of another node on the same engine.
     foreign = docker_client.containers.run(
         BB, ["sleep", "300"], detach=True, labels={"owner": "someone-else"}
     )
-    runtime = DockerRuntime(docker_client)
-    other = make_pod("elsewhere", [{"name": "c", "image": BB, "command": ["sleep", "300"]}], namespace=ns)
-    other_uid = other["metadata"]["uid"]
+    others: dict[str, DockerRuntime] = {}
     try:
-        sandbox = runtime.run_sandbox(other)
-        runtime.start_container(
-            runtime.create_container(other, other["spec"]["containers"][0], sandbox, {}, {}, 0)
-        )
+        for name, node in (("elsewhere", ""), ("neighbour", "another-node")):
+            runtime = DockerRuntime(docker_client, node_name=node)
+            other = make_pod(name, [{"name": "c", "image": BB, "command": ["sleep", "300"]}], namespace=ns)
+            others[other["metadata"]["uid"]] = runtime
+            if node:  # another node's pod, even with a (stale) directory under this agent's root
+                (agent.root / "root" / "pods" / other["metadata"]["uid"]).mkdir(parents=True)
+            sandbox = runtime.run_sandbox(other)
+            runtime.start_container(
+                runtime.create_container(other, other["spec"]["containers"][0], sandbox, {}, {}, 0)
+            )
         agent.stop(signal.SIGKILL)
         api.delete(f"/api/v1/namespaces/{ns}/pods/ghost", grace=0)
         assert api.pod(ns, "ghost") is None
@@ -802,7 +810,9 @@ def test_orphans_are_removed_and_other_containers_are_left_alone(
         # Housekeeping ran (it removed the orphan); what was not the agent's is untouched.
         foreign.reload()
         assert foreign.status == "running"
-        assert {c.status for c in containers_of(docker_client, other_uid).values()} == {"running"}
+        for uid in others:
+            assert {c.status for c in containers_of(docker_client, uid).values()} == {"running"}
     finally:
-        runtime.remove_pod(other_uid)
+        for uid, runtime in others.items():
+            runtime.remove_pod(uid)
         foreign.remove(force=True)

@@ -288,3 +288,22 @@ def test_manager_seeded_readiness_for_adopted_containers() -> None:
             await manager.close()
 
     run(body())
+
+
+def test_only_adopted_containers_wait_for_their_first_probe() -> None:
+    async def body() -> None:
+        async def exec_fn(cid: str, cmd: Sequence[str], timeout: float) -> tuple[int, str]:
+            return 0, ""
+
+        manager = ProbeManager(exec_fn, lambda key: None)
+        spec = ProbeSpec(READINESS, {"exec": {"command": ["x"]}}, period=5)
+        try:
+            new = RunningContainer("app", "c1", manager.started_at + 1, {})
+            adopted = RunningContainer("app", "c0", manager.started_at - 60, {})
+            assert manager.first_probe_jitter(new, spec) == 0.0
+            jitters = {manager.first_probe_jitter(adopted, spec) for _ in range(20)}
+            assert all(0.0 <= j <= 0.1 for j in jitters) and len(jitters) > 1
+        finally:
+            await manager.close()
+
+    run(body())

@@ -22,8 +22,8 @@ import pytest
 
 pytest.register_assert_rewrite("tests.dockerutil")
 
-from node.images import BUSYBOX_IMAGE
-from node.runtime import (
+from node.images import BUSYBOX_IMAGE  # noqa: E402
+from node.runtime import (  # noqa: E402
     LABEL_CONTAINER_NAME,
     LABEL_KIND,
     LABEL_POD_NAME,
@@ -41,8 +41,8 @@ from node.runtime import (
     materialise_volumes,
     state_from_engine,
 )
-from node.runtime import spec as k8s
-from tests.dockerutil import Pods, container_logs, make_pod, wait_for
+from node.runtime import spec as k8s  # noqa: E402
+from tests.dockerutil import Pods, container_logs, make_pod, wait_for  # noqa: E402
 
 pytest_plugins = ("tests.dockerutil",)
 
@@ -539,6 +539,35 @@ def test_missing_image_gives_engine_message(pods: Pods, docker_client: docker.Do
     running = pods.run(make_pod("noimg", []))
     with pytest.raises(ImageNotPresentError, match=re.escape(ref)):
         rt.create_container(running.pod, {"name": "c", "image": ref}, running.sandbox, {}, {}, 0)
+
+
+@pytest.mark.docker
+def test_containers_carry_the_node_name_and_listing_follows_changes_made_behind_its_back(
+    pods: Pods, docker_client: docker.DockerClient
+) -> None:
+    rt = DockerRuntime(docker_client, node_name="node-a")
+    running = pods.run(make_pod("named", [shell("c", "exec sleep 300")]), runtime=rt)
+    found = rt.list_pod_containers(running.uid)[running.uid]
+    assert [s.labels[k8s.LABEL_NODE] for s in found.sandboxes] == ["node-a"]
+    assert [c.labels[k8s.LABEL_NODE] for c in found.containers] == ["node-a"]
+    assert found.containers[0].state.running
+    # The engine changes the container without this runtime: the next listing shows it.
+    docker_client.api.kill(running.ids["c"], signal="KILL")
+    wait_for(lambda: docker_client.api.inspect_container(running.ids["c"])["State"]["Status"] == "exited", 20,
+             "the killed container to exit")  # fmt: skip
+    state = rt.list_pod_containers(running.uid)[running.uid].containers[0].state
+    assert state.terminated and state.exit_code == 137
+    docker_client.api.remove_container(running.ids["c"], force=True)
+    assert rt.list_pod_containers(running.uid)[running.uid].containers == []
+    assert rt.list_pod_containers()[running.uid].sandboxes[0].state.running
+    # An image found present and then removed: the create says so, and the next check asks again.
+    tag = f"grove-test/gone:{uuid.uuid4().hex[:8]}"
+    docker_client.images.get(BB).tag(tag)
+    assert rt.image_present(tag)
+    docker_client.images.remove(tag)
+    with pytest.raises(ImageNotPresentError, match=re.escape(tag)):
+        rt.create_container(running.pod, {"name": "d", "image": tag}, running.sandbox, {}, {}, 0)
+    assert not rt.image_present(tag)
 
 
 @pytest.mark.docker

@@ -6,9 +6,15 @@ containers joined to it with `network_mode=container:<sandbox>`, so they share l
 
 Every call blocks; the node agent runs them in an executor. The agent decides *what* to do
 (restart policy, back-off, probes); this class only does it, and reports the engine's state in
-Kubernetes terms. Guard rail: every container grove creates carries `io.grove.*` labels, and this
-class refuses to list, inspect, stop, remove or exec into any container without
-`io.grove.pod.uid` — a container started by hand is never grove's business.
+Kubernetes terms. Guard rail: every container grove creates carries `io.grove.*` labels (the
+node's name among them, `io.grove.node`), and this class refuses to list, inspect, stop, remove or
+exec into any container without `io.grove.pod.uid` — a container started by hand is never grove's
+business.
+
+Engine calls are the cost of a pod start, so this class makes few: listing is one sparse call,
+and a container is inspected again only when the list shows its state changed; an image found
+present is believed for a while (a create that finds it gone says so); a container it has just
+created is started without a fresh look.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NETWORK = "grove"
 DEFAULT_SUBNET = "10.88.0.0/16"  # clear of docker0's 172.17.0.0/16
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+IMAGE_PRESENT_SECONDS = 30.0  # how long an image found present is believed without asking again
 
 
 def k8s_time(engine_time: str | None) -> str | None:
@@ -127,8 +134,10 @@ class DockerRuntime:
         host_resolv_conf: str = "/etc/resolv.conf",
         pull_timeout: float = 300.0,
         log_max_size: str = "10m",
+        node_name: str = "",
     ) -> None:
         self.client = client
+        self.node_name = node_name  # labels every container (LABEL_NODE); the agent sets it
         self.network = network
         self.subnet = subnet
         self.pause_image = pause_image
@@ -141,6 +150,11 @@ class DockerRuntime:
         )
         self._network_ready = False
         self._network_lock = threading.Lock()
+        # container id -> (engine state it was inspected in, what inspect said); see _infos_of
+        self._inspected: dict[str, tuple[str, ContainerInfo]] = {}
+        self._images_present: dict[str, float] = {}  # image ref -> believed present until (monotonic)
+        self._fresh: set[str] = set()  # ids created by this object and not started yet: known grove's
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> DockerRuntime:
@@ -249,7 +263,11 @@ class DockerRuntime:
         return c
 
     def _info(self, c: Any) -> ContainerInfo:
-        attrs = c.attrs
+        return self._info_of(c.attrs)
+
+    def _info_of(self, attrs: Mapping[str, Any]) -> ContainerInfo:
+        """A ContainerInfo from the engine's inspect document (and remember it, see _infos_of)."""
+        cid = str(attrs["Id"])
         labels = dict(attrs["Config"].get("Labels") or {})
         host_config = attrs.get("HostConfig") or {}
         networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
@@ -260,8 +278,8 @@ class DockerRuntime:
             restart_count = int(labels.get(LABEL_RESTART_COUNT, "0"))
         except ValueError:
             restart_count = 0
-        return ContainerInfo(
-            id=c.id,
+        info = ContainerInfo(
+            id=cid,
             name=attrs.get("Name", "").lstrip("/"),
             kind=labels.get(LABEL_KIND, KIND_CONTAINER),
             pod_uid=labels.get(LABEL_POD_UID, ""),
@@ -272,13 +290,17 @@ class DockerRuntime:
             image=attrs["Config"].get("Image", ""),
             image_id=attrs.get("Image", ""),
             created=attrs.get("Created", ""),
-            state=state_from_engine(c.id, attrs.get("State") or {}),
+            state=state_from_engine(cid, attrs.get("State") or {}),
             labels=labels,
             ip=ip,
             host_network=host_config.get("NetworkMode") == "host",
             sandbox_id=labels.get(LABEL_SANDBOX_ID, ""),
             spec_hash=labels.get(LABEL_CONTAINER_HASH, ""),
         )
+        if labels.get(LABEL_POD_UID):
+            with self._cache_lock:
+                self._inspected[cid] = (str((attrs.get("State") or {}).get("Status") or ""), info)
+        return info
 
     # --- sandbox ------------------------------------------------------------------------------
 
@@ -292,11 +314,12 @@ class DockerRuntime:
         host_network = bool(spec.get("hostNetwork"))
         if not self._network_ready and not host_network:
             self.ensure_network()
+        missing = SandboxError(f"pause image {self.pause_image} is missing: run `grove images build`")
         if not self.image_present(self.pause_image):
-            raise SandboxError(f"pause image {self.pause_image} is missing: run `grove images build`")
+            raise missing
         kwargs: dict[str, Any] = {
             "name": k8s.container_name(namespace, name, SANDBOX_CONTAINER_NAME, attempt, uid),
-            "labels": k8s.labels_for(pod, KIND_SANDBOX, SANDBOX_CONTAINER_NAME, attempt),
+            "labels": k8s.labels_for(pod, KIND_SANDBOX, SANDBOX_CONTAINER_NAME, attempt, node=self.node_name),
             "ipc_mode": "shareable",
             "log_config": self._log_config,
             "detach": True,
@@ -326,12 +349,15 @@ class DockerRuntime:
                 kwargs["sysctls"] = k8s.pod_sysctls(pod)
         try:
             c = self._create(self.pause_image, kwargs)
+        except ImageNotPresentError as e:
+            raise missing from e
         except CreateContainerError as e:
             self._network_ready = False  # check the network again next time, in case it went away
             raise SandboxError(f"creating the sandbox of pod {namespace}/{name}: {e}") from e
+        self._fresh.discard(c.id)
         try:
             c.start()
-            c.reload()
+            c.reload()  # the pod IP exists once the sandbox runs
         except docker.errors.APIError as e:
             self._force_remove(c.id)
             raise SandboxError(f"starting the sandbox of pod {namespace}/{name}: {_explain(e)}") from e
@@ -380,8 +406,7 @@ class DockerRuntime:
         image = str(container.get("image") or "")
         if not cname or not image:
             raise CreateContainerError("a container needs a name and an image")
-        if not self.image_present(image):
-            raise ImageNotPresentError(f'image "{image}" is not present on this node')
+        # No image check first: the create itself says ImageNotFound (-> ImageNotPresentError).
         entrypoint, cmd = k8s.entrypoint_and_cmd(container, env)
         res = k8s.container_resources(container)
         sec = k8s.container_security(pod, container)
@@ -393,7 +418,13 @@ class DockerRuntime:
         kwargs: dict[str, Any] = {
             "name": k8s.container_name(namespace, name, cname, restart_count, uid),
             "labels": k8s.labels_for(
-                pod, KIND_CONTAINER, cname, restart_count, sandbox_id=sandbox.id, hash_of=container
+                pod,
+                KIND_CONTAINER,
+                cname,
+                restart_count,
+                sandbox_id=sandbox.id,
+                hash_of=container,
+                node=self.node_name,
             ),
             "environment": [f"{k}={v}" for k, v in env.items()],
             "network_mode": shared,
@@ -433,13 +464,18 @@ class DockerRuntime:
         """containers.create; a dead grove container left with the same name is replaced."""
         for attempt in range(2):
             try:
-                return self.client.containers.create(image, **kwargs)
+                c = self.client.containers.create(image, **kwargs)
             except docker.errors.ImageNotFound as e:
+                with self._cache_lock:
+                    self._images_present.pop(image, None)
                 raise ImageNotPresentError(f'image "{image}" is not present on this node') from e
             except docker.errors.APIError as e:
                 if e.status_code == 409 and attempt == 0 and self._remove_stale(kwargs["name"]):
                     continue
                 raise CreateContainerError(_explain(e)) from e
+            self._info(c)  # the create's own inspect, remembered for the next list
+            self._fresh.add(c.id)
+            return c
         raise CreateContainerError(f"name {kwargs['name']} stays in use")
 
     def _remove_stale(self, name: str) -> bool:
@@ -453,6 +489,9 @@ class DockerRuntime:
         return True
 
     def _force_remove(self, container_id: str) -> None:
+        with self._cache_lock:
+            self._inspected.pop(container_id, None)
+            self._fresh.discard(container_id)
         try:
             self.client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
@@ -463,9 +502,15 @@ class DockerRuntime:
 
     def start_container(self, container_id: str) -> None:
         """Start a created container; RunContainerError carries the engine's reason."""
-        c = self._get(container_id)
+        with self._cache_lock:
+            fresh = container_id in self._fresh
+            self._fresh.discard(container_id)
+        if not fresh:  # not one this object just created: look before touching
+            container_id = self._get(container_id).id
         try:
-            c.start()
+            self.client.api.start(container_id)
+        except docker.errors.NotFound as e:
+            raise ContainerNotFoundError(f"container {container_id[:12]} not found") from e
         except docker.errors.APIError as e:
             raise RunContainerError(_explain(e)) from e
 
@@ -529,16 +574,43 @@ class DockerRuntime:
         """grove's containers, grouped by pod uid (all pods, or just `pod_uid`)."""
         label = LABEL_POD_UID if pod_uid is None else f"{LABEL_POD_UID}={pod_uid}"
         pods: dict[str, PodContainers] = {}
-        for c in self.client.containers.list(all=True, filters={"label": label}, ignore_removed=True):
-            if not (c.labels or {}).get(LABEL_POD_UID):
-                continue  # the filter already says so; this is the guard rail restated in code
-            info = self._info(c)
+        for info in self._infos_of(self.client.api.containers(all=True, filters={"label": label}), pod_uid):
             pod = pods.setdefault(
                 info.pod_uid,
                 PodContainers(uid=info.pod_uid, namespace=info.pod_namespace, name=info.pod_name),
             )
             (pod.sandboxes if info.kind == KIND_SANDBOX else pod.containers).append(info)
         return pods
+
+    def _infos_of(self, rows: Sequence[Mapping[str, Any]], pod_uid: str | None) -> list[ContainerInfo]:
+        """The listed containers' details. A container is inspected only when it is new or the
+        list shows it in another state than when it was last inspected: a pod's sync costs one
+        sparse list, not an inspect per container."""
+        infos: list[ContainerInfo] = []
+        listed: set[str] = set()
+        for row in rows:
+            if not (row.get("Labels") or {}).get(LABEL_POD_UID):
+                continue  # the filter already says so; this is the guard rail restated in code
+            cid = str(row["Id"])
+            listed.add(cid)
+            with self._cache_lock:
+                known = self._inspected.get(cid)
+            if known is not None and known[0] == row.get("State"):
+                infos.append(known[1])
+                continue
+            try:
+                infos.append(self._info_of(self.client.api.inspect_container(cid)))
+            except docker.errors.NotFound:
+                continue  # removed since the list
+        with self._cache_lock:
+            gone = [
+                cid
+                for cid, (_, info) in self._inspected.items()
+                if cid not in listed and (pod_uid is None or info.pod_uid == pod_uid)
+            ]
+            for cid in gone:
+                del self._inspected[cid]
+        return infos
 
     # --- exec, logs, stats -----------------------------------------------------------------
 
@@ -638,12 +710,20 @@ class DockerRuntime:
     # --- images -----------------------------------------------------------------------------
 
     def image_present(self, ref: str) -> bool:
+        """Whether the image is on this node. A yes is believed for IMAGE_PRESENT_SECONDS: images
+        are rarely removed under running pods, and a create that finds one gone says so."""
+        now = time.monotonic()
+        with self._cache_lock:
+            if self._images_present.get(ref, 0.0) > now:
+                return True
         try:
-            self.client.images.get(ref)
+            self.client.api.inspect_image(ref)
         except docker.errors.ImageNotFound:
             return False
         except docker.errors.APIError as e:
             raise ImagePullError(_explain(e)) from e
+        with self._cache_lock:
+            self._images_present[ref] = now + IMAGE_PRESENT_SECONDS
         return True
 
     def image_id(self, ref: str) -> str:

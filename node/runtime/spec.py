@@ -31,6 +31,11 @@ from node.runtime.types import (
     CreateContainerError,
 )
 
+# The node whose agent created the container. Agents sharing one engine (several nodes on one host,
+# `grove up --nodes 3`) tell their containers apart by it, and `grove down` can find a cluster's
+# containers by it. (Its natural home is node.runtime.types, next to the other labels.)
+LABEL_NODE = "io.grove.node"
+
 # --- quantities -------------------------------------------------------------------------------
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+))?([a-zA-Z]*)$")
@@ -181,6 +186,7 @@ def labels_for(
     *,
     sandbox_id: str = "",
     hash_of: Mapping[str, Any] | None = None,
+    node: str = "",
 ) -> dict[str, str]:
     uid, namespace, name = pod_identity(pod)
     labels = {
@@ -196,6 +202,8 @@ def labels_for(
         labels[LABEL_SANDBOX_ID] = sandbox_id
     if hash_of is not None:
         labels[LABEL_CONTAINER_HASH] = spec_hash(hash_of)
+    if node:
+        labels[LABEL_NODE] = node
     return labels
 
 
