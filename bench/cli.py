@@ -371,7 +371,7 @@ def schedule_command(
 def pod_startup_command(
     pods: int, rate: float, nodes: int, server: str | None, json_path: str | None, png_path: str | None
 ) -> None:
-    """Pod creation → Running latency on Docker (image present), p50/p99, observed through a watch."""
+    """Pod creation → Running and Ready latency on Docker (image present), p50/p99, observed through a watch."""
     from bench import podstartup as ps
 
     config = ps.PodStartupConfig(pods=pods, rate=rate, nodes=nodes, server=server)
@@ -379,7 +379,7 @@ def pod_startup_command(
     started = datetime.datetime.now().astimezone()
     try:
         with _progress_bar() as bar:
-            result = ps.run_podstartup(config, _TwoBars(bar, pods, "Running"))
+            result = ps.run_podstartup(config, _TwoBars(bar, pods, "Running and Ready"))
     except ps.PodStartupBenchError as exc:
         raise click.ClickException(str(exc)) from None
     where = (
