@@ -17,6 +17,10 @@ long-polls with `waitIndex = last modifiedIndex + 1`. Either way no event is ski
 resume at the next index, and a watch started without an index resumes after the store index the
 server reported when the watch began (`X-Etcd-Index`).
 
+TLS: https endpoints are verified against `ca_file` (else the system's CAs); `cert_file`/`key_file`
+identify the client to a store started with `--client-cert-auth` (etcdctl v2's --ca-file,
+--cert-file, --key-file). A certificate the client rejects is a connection error like any other.
+
 A client belongs to the event loop it is first used in; `SyncKVClient` wraps one for blocking code.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -35,7 +40,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-__all__ = ["ClusterUnavailable", "EtcdError", "EtcdResponse", "KVClient", "SyncKVClient"]
+__all__ = ["ClusterUnavailable", "EtcdError", "EtcdResponse", "KVClient", "SyncKVClient", "tls_context"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -206,6 +211,29 @@ class LineSplitter:
         return rest
 
 
+def tls_context(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> ssl.SSLContext | None:
+    """The client's TLS context (etcdctl's --ca-file, --cert-file, --key-file); None when none given.
+
+    ValueError, naming the flag, when a file cannot be loaded or a key pair is half given.
+    """
+    if not (ca_file or cert_file or key_file):
+        return None
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("--cert-file and --key-file must be given together")
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --ca-file {ca_file}: {exc}") from None
+    if cert_file:
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load --cert-file {cert_file} / --key-file {key_file}: {exc}") from None
+    return ctx
+
+
 class _Retry:
     """Back-off and deadline for one operation that keeps failing over."""
 
@@ -240,9 +268,20 @@ class KVClient:
     """etcd v2 client over a list of endpoints; sticks to one and moves on when it fails."""
 
     def __init__(
-        self, endpoints: list[str] | str, *, timeout: float = 5.0, retry_deadline: float = 10.0
+        self,
+        endpoints: list[str] | str,
+        *,
+        timeout: float = 5.0,
+        retry_deadline: float = 10.0,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoints = parse_endpoints(endpoints)
+        # https endpoints: verified against ca_file (default: the system's CAs), and cert_file/
+        # key_file identify this client to a store started with --client-cert-auth.
+        self._ssl: ssl.SSLContext | bool = ssl_context or tls_context(ca_file, cert_file, key_file) or True
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self._current = 0
@@ -264,7 +303,7 @@ class KVClient:
         session = self._session
         if session is None or session.closed:
             # Bounded: a burst of thousands of requests reuses connections instead of opening one each.
-            connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ttl_dns_cache=300, ssl=self._ssl)
             session = self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar()
             )
@@ -274,7 +313,7 @@ class KVClient:
         session = self._watch_session
         if session is None or session.closed:
             # Unbounded and apart from requests: each watch holds its connection while it waits.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=self._ssl)
             session = self._watch_session = aiohttp.ClientSession(
                 connector=connector, timeout=self._watch_timeout, cookie_jar=aiohttp.DummyCookieJar()
             )
@@ -666,9 +705,20 @@ class SyncKVClient:
     """Blocking wrapper of KVClient for scripts and tests: an event loop of its own in a thread."""
 
     def __init__(
-        self, endpoints: list[str] | str, *, timeout: float = 5.0, retry_deadline: float = 10.0
+        self,
+        endpoints: list[str] | str,
+        *,
+        timeout: float = 5.0,
+        retry_deadline: float = 10.0,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._client = KVClient(endpoints, timeout=timeout, retry_deadline=retry_deadline)
+        self._client = KVClient(
+            endpoints, timeout=timeout, retry_deadline=retry_deadline, ca_file=ca_file, cert_file=cert_file,
+            key_file=key_file, ssl_context=ssl_context,
+        )  # fmt: skip
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grove-kv-client", daemon=True)
         self._thread.start()

@@ -4,7 +4,8 @@ A member's reads are cheap (a dict walk and one orjson dump), so with a general 
 front most of a request's time went into the framework: request objects, routing, middleware,
 header multidicts, a task per request. This module does only what the etcd v2 client API needs:
 keep-alive, pipelining (answers go out in request order), bodies by Content-Length or chunked,
-HEAD, `Expect: 100-continue`, and chunked streaming responses for watches.
+HEAD, `Expect: 100-continue`, and chunked streaming responses for watches. With an SSL context a
+listening socket serves https: the event loop's TLS transport sits under the same Protocol.
 
 The handler is one callable `handler(request)`. It answers synchronously with a `Response` when it
 can (a default read never leaves the `data_received` call that brought it in), or returns an
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -432,10 +434,14 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self._servers: list[asyncio.base_events.Server] = []
 
-    async def listen(self, host: str | None, port: int, backlog: int = 1024) -> None:
+    async def listen(
+        self, host: str | None, port: int, backlog: int = 1024, ssl: ssl_module.SSLContext | None = None
+    ) -> None:
+        """Accept connections on host:port; with `ssl`, every connection is TLS (https)."""
         srv = await self.loop.create_server(
-            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True
-        )
+            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True, ssl=ssl,
+            ssl_handshake_timeout=10.0 if ssl is not None else None,
+        )  # fmt: skip
         self._servers.append(srv)
 
     @property

@@ -7,11 +7,13 @@ SIGKILL is a real crash and restarting it is a real recovery from disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,9 +30,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def http_json(url: str, timeout: float = 1.0) -> dict | None:
+def http_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -42,6 +45,31 @@ def http_json(url: str, timeout: float = 1.0) -> dict | None:
 
 class ClusterError(RuntimeError):
     pass
+
+
+@dataclass
+class ClusterTLS:
+    """https on every member's client port (peers stay pysyncobj's own protocol).
+
+    Every member gets `cert_file`/`key_file`; `trusted_ca_file` (as with etcd 3.4, it makes client
+    certificates mandatory) and `client_cert_auth` are passed on as given. `ca_file` is what
+    clients verify the members with (default: `trusted_ca_file`, else `cert_file` itself, right for
+    a self-signed one). `auto_tls` makes one self-signed certificate for the cluster's host under
+    DATA_DIR/tls (kept across restarts) for every member, so clients verify them with
+    `--ca-file DATA_DIR/tls/cert.pem`; with `client_cert_auth` it is also the trusted CA and the
+    client certificate. The launcher's own health checks identify themselves with
+    `client_cert_file`/`client_key_file` (default: the member certificate, which then needs the
+    clientAuth usage).
+    """
+
+    cert_file: str | None = None
+    key_file: str | None = None
+    trusted_ca_file: str | None = None
+    client_cert_auth: bool = False
+    auto_tls: bool = False
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    ca_file: str | None = None
 
 
 class GroveCluster:
@@ -57,6 +85,7 @@ class GroveCluster:
         log_dir: str | None = None,
         ports: list[tuple[int, int]] | None = None,
         name_prefix: str = "m",
+        tls: ClusterTLS | None = None,
     ):
         self.size = size
         self._own_dir = data_dir is None
@@ -71,7 +100,10 @@ class GroveCluster:
         ports = ports or self._load_or_pick_ports()
         self.client_ports = [c for c, _ in ports]
         self.peer_ports = [p for _, p in ports]
-        self.client_urls = [f"http://{host}:{p}" for p in self.client_ports]
+        self.tls = self._prepare_tls(tls) if tls is not None else None
+        self.scheme = "https" if self.tls is not None else "http"
+        self.ssl_context = self._probe_context() if self.tls is not None else None
+        self.client_urls = [f"{self.scheme}://{host}:{p}" for p in self.client_ports]
         self.peer_urls = [f"http://{host}:{p}" for p in self.peer_ports]
         self.procs: list[subprocess.Popen | None] = [None] * size
         self._logs: list = [None] * size
@@ -89,27 +121,82 @@ class GroveCluster:
             json.dump(ports, f)
         return ports
 
+    def _prepare_tls(self, tls: ClusterTLS) -> ClusterTLS:
+        if tls.auto_tls and not tls.cert_file:
+            from .server import write_self_signed_cert
+
+            base = os.path.join(self.data_dir, "tls")
+            cert, key = os.path.join(base, "cert.pem"), os.path.join(base, "key.pem")
+            if not (os.path.exists(cert) and os.path.exists(key)):
+                write_self_signed_cert(cert, key, [self.host, "localhost", "127.0.0.1"])
+            tls = dataclasses.replace(
+                tls, cert_file=cert, key_file=key, auto_tls=False,
+                trusted_ca_file=tls.trusted_ca_file or (cert if tls.client_cert_auth else None),
+            )  # fmt: skip
+        if not (tls.cert_file and tls.key_file):
+            raise ClusterError("TLS needs --cert-file and --key-file (or --auto-tls)")
+        if tls.client_cert_auth and not tls.trusted_ca_file:
+            raise ClusterError("--client-cert-auth needs --trusted-ca-file")
+        return dataclasses.replace(tls, ca_file=tls.ca_file or tls.trusted_ca_file or tls.cert_file)
+
+    def _probe_context(self) -> ssl.SSLContext:
+        tls = self.tls
+        assert tls is not None
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        ctx.load_cert_chain(tls.client_cert_file or tls.cert_file, tls.client_key_file or tls.key_file)  # type: ignore[arg-type]
+        return ctx
+
+    @property
+    def ca_file(self) -> str | None:
+        """What clients pass as --ca-file (None for plain http)."""
+        return self.tls.ca_file if self.tls is not None else None
+
+    def tls_args(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        a = ["--cert-file", tls.cert_file, "--key-file", tls.key_file]  # type: ignore[list-item]
+        if tls.trusted_ca_file:
+            a += ["--trusted-ca-file", tls.trusted_ca_file]
+        if tls.client_cert_auth:
+            a.append("--client-cert-auth")
+        return a
+
+    def _json(self, url: str) -> dict | None:
+        return http_json(url, context=self.ssl_context)
+
     @property
     def initial_cluster(self) -> str:
         return ",".join(f"{n}={u}" for n, u in zip(self.names, self.peer_urls))
 
     def args(self, i: int) -> list[str]:
         a = [
-            sys.executable, "-m", "kvstore", "serve",
-            "--name", self.names[i],
-            "--data-dir", os.path.join(self.data_dir, self.names[i]),
-            "--listen-client-urls", self.client_urls[i],
-            "--advertise-client-urls", self.client_urls[i],
-            "--listen-peer-urls", self.peer_urls[i],
-            "--initial-advertise-peer-urls", self.peer_urls[i],
-            "--initial-cluster", self.initial_cluster,
-            "--initial-cluster-state", "new",
+            sys.executable,
+            "-m",
+            "kvstore",
+            "serve",
+            "--name",
+            self.names[i],
+            "--data-dir",
+            os.path.join(self.data_dir, self.names[i]),
+            "--listen-client-urls",
+            self.client_urls[i],
+            "--advertise-client-urls",
+            self.client_urls[i],
+            "--listen-peer-urls",
+            self.peer_urls[i],
+            "--initial-advertise-peer-urls",
+            self.peer_urls[i],
+            "--initial-cluster",
+            self.initial_cluster,
+            "--initial-cluster-state",
+            "new",
         ]
         if self.snapshot_count is not None:
             a += ["--snapshot-count", str(self.snapshot_count)]
         if self.history_size is not None:
             a += ["--history-size", str(self.history_size)]
-        return a + self.extra_args
+        return a + self.tls_args() + self.extra_args
 
     def log_path(self, i: int) -> str:
         return os.path.join(self.log_dir, f"{self.names[i]}.log")
@@ -121,7 +208,11 @@ class GroveCluster:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         self.procs[i] = subprocess.Popen(
-            self.args(i), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            self.args(i),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
 
@@ -146,17 +237,23 @@ class GroveCluster:
     def _check_alive(self) -> None:
         for i, p in enumerate(self.procs):
             if p is not None and p.poll() is not None:
-                raise ClusterError(f"member {self.names[i]} exited with {p.returncode}:\n{self.log(i)[-3000:]}")
+                raise ClusterError(
+                    f"member {self.names[i]} exited with {p.returncode}:\n{self.log(i)[-3000:]}"
+                )
 
     def wait_healthy(self, timeout: float = 30.0, members: list[int] | None = None) -> None:
-        members = members if members is not None else [i for i in range(self.size) if self.procs[i] is not None]
+        members = (
+            members if members is not None else [i for i in range(self.size) if self.procs[i] is not None]
+        )
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
-            ok = all((http_json(self.client_urls[i] + "/health") or {}).get("health") == "true" for i in members)
+            ok = all(
+                (self._json(self.client_urls[i] + "/health") or {}).get("health") == "true" for i in members
+            )
             if ok:
                 # Every member has published its client URLs (etcdctl discovers endpoints from them).
-                listed = (http_json(self.client_urls[members[0]] + "/v2/members") or {}).get("members", [])
+                listed = (self._json(self.client_urls[members[0]] + "/v2/members") or {}).get("members", [])
                 published = {u for m in listed for u in m.get("clientURLs", [])}
                 ok = all(self.client_urls[i] in published for i in members)
             if ok:
@@ -180,7 +277,7 @@ class GroveCluster:
             leaders = set()
             leader_i = None
             for i in running:
-                st = http_json(self.client_urls[i] + "/v2/stats/self") or {}
+                st = self._json(self.client_urls[i] + "/v2/stats/self") or {}
                 leaders.add(st.get("leaderInfo", {}).get("leader") or None)
                 if st.get("state") == "StateLeader":
                     leader_i = i
@@ -209,12 +306,14 @@ class GroveCluster:
         quorum = sum(self.is_running(j) for j in range(self.size)) > self.size // 2
         url = self.client_urls[i] + ("/health" if quorum else "/version")
         while True:
-            answer = http_json(url) or {}
+            answer = self._json(url) or {}
             if answer.get("health") == "true" or (not quorum and answer):
                 return
             p = self.procs[i]
             if p is not None and p.poll() is not None:
-                raise ClusterError(f"member {self.names[i]} exited with {p.returncode}:\n{self.log(i)[-3000:]}")
+                raise ClusterError(
+                    f"member {self.names[i]} exited with {p.returncode}:\n{self.log(i)[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 raise ClusterError(f"member {self.names[i]} did not come back:\n{self.log(i)[-2000:]}")
             time.sleep(0.05)
