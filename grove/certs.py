@@ -67,6 +67,7 @@ class Bundle:
     ca: KeyPair
     apiserver: KeyPair
     clients: dict[str, KeyPair] = field(default_factory=dict)
+    servers: dict[str, KeyPair] = field(default_factory=dict)  # other serving pairs (the store's)
 
 
 def new_key() -> PrivateKey:
@@ -123,7 +124,7 @@ def build_ca(
 def _leaf(
     ca: KeyPair,
     subject: x509.Name,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | tuple[x509.ObjectIdentifier, ...],
     now: datetime.datetime,
     key: PrivateKey | None,
     sans: list[x509.GeneralName] | None = None,
@@ -153,7 +154,9 @@ def _leaf(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(list(usage) if isinstance(usage, tuple) else [usage]), critical=False
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
@@ -207,6 +210,18 @@ def build_serving_cert(
     return _leaf(ca, _name(common_name), ExtendedKeyUsageOID.SERVER_AUTH, now, key, sans)
 
 
+def build_store_cert(
+    ca: KeyPair, host_name: str, now: datetime.datetime, key: PrivateKey | None = None
+) -> KeyPair:
+    """The store members' certificate (kubeadm's etcd/server): serverAuth for their client port and
+    clientAuth for the calls members make to each other's client port; loopback and this host."""
+    names = list(dict.fromkeys(n for n in ("localhost", host_name) if n))
+    sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1")]
+    usages = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return _leaf(ca, _name("kube-etcd"), usages, now, key, sans)
+
+
 def build_client_cert(
     ca: KeyPair,
     user: str,
@@ -225,6 +240,8 @@ def cluster_identities(node_names: Iterable[str]) -> list[ClientIdentity]:
         ClientIdentity("kube-scheduler", "system:kube-scheduler"),
         ClientIdentity("kube-controller-manager", "system:kube-controller-manager"),
         ClientIdentity("kube-proxy", "system:kube-proxy"),
+        # the API server's identity towards the store (kubeadm's apiserver-etcd-client)
+        ClientIdentity("apiserver-etcd-client", "kube-apiserver-etcd-client", ("system:masters",)),
     ]
     for node in dict.fromkeys(node_names):
         out.append(ClientIdentity(f"node-{node}", f"system:node:{node}", ("system:nodes",)))
@@ -245,6 +262,7 @@ def build_bundle(
     bundle = Bundle(ca, build_serving_cert(ca, names, ips, now))
     for who in cluster_identities(node_names):
         bundle.clients[who.file_stem] = build_client_cert(ca, who.user, who.groups, now)
+    bundle.servers["store"] = build_store_cert(ca, host_name, now)
     return bundle
 
 
@@ -278,7 +296,7 @@ def load_ca(directory: str) -> KeyPair | None:
 def write_bundle(directory: str, bundle: Bundle) -> list[str]:
     """Write `<stem>.crt` / `<stem>.key` for the CA, `apiserver` and each client; the paths written."""
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    pairs = {"ca": bundle.ca, "apiserver": bundle.apiserver, **bundle.clients}
+    pairs = {"ca": bundle.ca, "apiserver": bundle.apiserver, **bundle.clients, **bundle.servers}
     written = []
     for stem, pair in pairs.items():
         for ext, data in (("crt", pair.cert_pem()), ("key", pair.key_pem())):

@@ -38,7 +38,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from kvstore.localcluster import ClusterError, GroveCluster, free_port
+from kvstore.localcluster import ClusterError, ClusterTLS, GroveCluster, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PID_FILE = "grove-up.pid"
@@ -279,10 +279,22 @@ class Cluster:
         self.want_controllers = controllers
         self.pod_subnet = ""
         self.ports = self._ports(api_port)
-        self.kv = GroveCluster(3, os.path.join(self.state_dir, "kv"), log_dir=self.logs, name_prefix="kv")
+        self.pki = os.path.join(self.state_dir, "pki")
+        store_tls = None
+        if secure:
+            self._ensure_certs()
+        if secure:  # members serve https and take only clients with a certificate from the CA
+            store_tls = ClusterTLS(
+                cert_file=os.path.join(self.pki, "store.crt"),
+                key_file=os.path.join(self.pki, "store.key"),
+                trusted_ca_file=os.path.join(self.pki, "ca.crt"),
+                client_cert_auth=True,
+            )
+        self.kv = GroveCluster(
+            3, os.path.join(self.state_dir, "kv"), log_dir=self.logs, name_prefix="kv", tls=store_tls
+        )
         self.components: list[Component] = []
         self.secure = secure
-        self.pki = os.path.join(self.state_dir, "pki")
         self.api_url = f"{'https' if secure else 'http'}://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig = os.path.join(self.state_dir, "kubeconfig")
         self.context: ssl.SSLContext | None = None  # the admin's, for up's own API calls
@@ -352,6 +364,9 @@ class Cluster:
                     f"port {port} for the {name} is in use (saved in {self.state_dir}/ports.json); "
                     "stop what uses it or remove that file"
                 )
+        if self.secure:
+            progress(f"certificates in {self.pki} (CA, API server, store, one identity per component)…")
+            self._ensure_pki()
         progress("starting the store (3 members)…")
         try:
             self.kv.start(timeout=60, progress=lambda m: progress(f"store: {m}"))
@@ -361,9 +376,6 @@ class Cluster:
         t.store = time.monotonic() - t0
         eps = ",".join(self.kv.client_urls)
 
-        if self.secure:
-            progress("certificates (CA, API server, one identity per component)…")
-            self._ensure_pki()
         progress("starting the API server…")
         api = self._component(
             "apiserver",
@@ -554,13 +566,13 @@ class Cluster:
             *(f"node-{n}" for n in nodes),
         ]
 
-    def _ensure_pki(self) -> None:
+    def _ensure_certs(self) -> None:
         """CA and certificates in STATE/pki: made once, kept across restarts; a missing one is added."""
         import datetime
 
         from grove import certs
 
-        wanted = ["ca", "apiserver", *self._identities()]
+        wanted = ["ca", "apiserver", "store", "apiserver-etcd-client", *self._identities()]
         if not all(
             os.path.exists(os.path.join(self.pki, f"{w}.{e}")) for w in wanted for e in ("crt", "key")
         ):
@@ -570,6 +582,9 @@ class Cluster:
                 ca=certs.load_ca(self.pki),
             )  # fmt: skip
             certs.write_bundle(self.pki, bundle)
+
+    def _ensure_pki(self) -> None:
+        """The admin's TLS context for up's own calls, and one kubeconfig per component identity."""
         self.context = client_context(
             os.path.join(self.pki, "ca.crt"),
             os.path.join(self.pki, "admin.crt"),
@@ -582,6 +597,9 @@ class Cluster:
         if not self.secure:
             return []
         return [
+            "--etcd-cafile", os.path.join(self.pki, "ca.crt"),
+            "--etcd-certfile", os.path.join(self.pki, "apiserver-etcd-client.crt"),
+            "--etcd-keyfile", os.path.join(self.pki, "apiserver-etcd-client.key"),
             "--tls-cert-file", os.path.join(self.pki, "apiserver.crt"),
             "--tls-private-key-file", os.path.join(self.pki, "apiserver.key"),
             "--client-ca-file", os.path.join(self.pki, "ca.crt"),

@@ -41,6 +41,9 @@ def parse_duration(text: str) -> int:
     show_default=True,
     help="Comma-separated client URLs of the store members (grove's store or etcd with --enable-v2).",
 )
+@click.option("--etcd-cafile", default=None, help="CA bundle to verify the store members' TLS certificates.")
+@click.option("--etcd-certfile", default=None, help="Client certificate to present to the store (TLS).")
+@click.option("--etcd-keyfile", default=None, help="Key of --etcd-certfile.")
 @click.option("--bind-address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -124,6 +127,9 @@ def parse_duration(text: str) -> int:
 )
 def apiserver(
     etcd_servers: str,
+    etcd_cafile: str | None,
+    etcd_certfile: str | None,
+    etcd_keyfile: str | None,
     bind_address: str,
     port: int,
     advertise_address: str | None,
@@ -151,6 +157,9 @@ def apiserver(
         raise click.UsageError(str(exc)) from None
     config = ServerConfig(
         etcd_servers=servers,
+        etcd_cafile=etcd_cafile,
+        etcd_certfile=etcd_certfile,
+        etcd_keyfile=etcd_keyfile,
         bind_address=bind_address,
         port=port,
         advertise_address=advertise_address,
@@ -167,13 +176,22 @@ def apiserver(
         token_auth_file=token_auth_file,
         anonymous_auth=anonymous_auth,
     )
+    from kvstore.client import tls_context
+
     from .apiserver import authn
 
     try:  # fail on a bad file here, with one line, not in the server's startup
+        if etcd_cafile or etcd_certfile or etcd_keyfile:
+            tls_context(etcd_cafile, etcd_certfile, etcd_keyfile)
         authn.server_ssl_context(config)
         authn.load_authenticator(config)
-    except authn.AuthnConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    except (authn.AuthnConfigError, ValueError) as exc:
+        raise click.UsageError(
+            str(exc)
+            .replace("--cert-file", "--etcd-certfile")
+            .replace("--key-file", "--etcd-keyfile")
+            .replace("--ca-file", "--etcd-cafile")
+        ) from None
     logging.basicConfig(
         level=getattr(logging, log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

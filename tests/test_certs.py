@@ -111,6 +111,17 @@ def test_client_subjects_as_kube_reads_them(bundle) -> None:  # type: ignore[no-
         assert list(_ext(pair.cert, x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
+def test_store_cert_serves_loopback_and_calls_other_members(bundle) -> None:  # type: ignore[no-untyped-def]
+    cert = bundle.servers["store"].cert
+    sans = _ext(cert, x509.SubjectAlternativeName)
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost", "grove-host"]
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    usages = list(_ext(cert, x509.ExtendedKeyUsage))
+    assert usages == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    client = bundle.clients["apiserver-etcd-client"].cert
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "kube-apiserver-etcd-client"
+
+
 def test_a_client_cert_with_several_groups() -> None:
     ca = build_ca(NOW)
     cert = build_client_cert(ca, "jane", ["dev", "ops"], NOW).cert

@@ -217,6 +217,14 @@ def test_grove_up_fake_nodes_schedule_and_survive_a_restart(grove_up: Callable[.
     assert "hollow-2" in g.kubectl("get", "nodes")
     # The cluster is secured: HTTPS with the cluster's CA, and no answer without a certificate.
     assert status["api_url"].startswith("https://")
+    assert status["store"] and all(u.startswith("https://") for u in status["store"])
+    with requests.Session() as bare:  # the store takes only clients with a certificate from the CA
+        bare.trust_env = False
+        with pytest.raises(requests.exceptions.RequestException):
+            bare.get(status["store"][0] + "/v2/keys/", verify=status["ca_file"], timeout=10)
+        bare.cert = (str(g.state_dir / "pki" / "apiserver-etcd-client.crt"),
+                     str(g.state_dir / "pki" / "apiserver-etcd-client.key"))  # fmt: skip
+        assert bare.get(status["store"][0] + "/v2/keys/", verify=status["ca_file"], timeout=10).ok
     assert "kubernetes-admin" in g.kubectl("auth", "whoami")
     with requests.Session() as bare:
         bare.trust_env = False

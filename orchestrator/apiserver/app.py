@@ -126,7 +126,12 @@ class ApiServer:
         self.config = config
         self.registry = registry
         self.kv = KVClient(
-            config.etcd_servers, timeout=config.etcd_timeout, retry_deadline=config.etcd_retry_deadline
+            config.etcd_servers,
+            timeout=config.etcd_timeout,
+            retry_deadline=config.etcd_retry_deadline,
+            ca_file=config.etcd_cafile,
+            cert_file=config.etcd_certfile,
+            key_file=config.etcd_keyfile,
         )
         self.storage = Storage(self.kv, quorum_reads=config.quorum_reads)
         self.api = Api(self.storage, config, registry)

@@ -24,6 +24,10 @@ class ServerConfig:
     min_request_timeout: int = 1800
     bookmark_interval: float = 60.0  # how often a watch that allows bookmarks gets one
     etcd_timeout: float = 5.0
+    # TLS to the store's client port (kube-apiserver's --etcd-cafile/--etcd-certfile/--etcd-keyfile)
+    etcd_cafile: str | None = None
+    etcd_certfile: str | None = None
+    etcd_keyfile: str | None = None
     etcd_retry_deadline: float = 10.0
     quorum_reads: bool = False
     # Watchers of one resource share one store stream; this many recent events are kept for
