@@ -9,7 +9,9 @@ an IP from the node's own /24; every image is present.
 Scripting, through pod annotations:
 
 - `grove.io/fake-exit-code: "3"` — every container exits with 3 (`"app=0,sidecar=1"` per container);
-- `grove.io/fake-run-seconds: "5"` — ... after running that long (default 0: at once).
+- `grove.io/fake-run-seconds: "5"` — ... after running that long (default 0: at once);
+- `grove.io/fake-cpu-millicores: "400"` — every container's stats report that CPU usage rate
+  (`"app=400,sidecar=10"` per container; default 1m), so autoscaling can be tried without load.
 
 Calls never block (`blocking = False`), so the agent calls them on its event loop. When a scripted
 container exits later, `on_exit(namespace, name)` is called so the agent syncs the pod.
@@ -44,10 +46,18 @@ from node.runtime.types import (
     SandboxError,
 )
 
-__all__ = ["EXIT_CODE_ANNOTATION", "RUN_SECONDS_ANNOTATION", "FakeRuntime", "fake_pod_subnet"]
+__all__ = [
+    "CPU_MILLICORES_ANNOTATION",
+    "EXIT_CODE_ANNOTATION",
+    "RUN_SECONDS_ANNOTATION",
+    "FakeRuntime",
+    "fake_pod_subnet",
+]
 
 EXIT_CODE_ANNOTATION = "grove.io/fake-exit-code"
 RUN_SECONDS_ANNOTATION = "grove.io/fake-run-seconds"
+CPU_MILLICORES_ANNOTATION = "grove.io/fake-cpu-millicores"
+DEFAULT_CPU_MILLICORES = 1.0  # a hollow container "uses" 1 ms of cpu per second
 DEFAULT_POD_RANGE = "10.128.0.0/9"  # one /24 per hollow node, clear of grove's 10.88.0.0/16
 
 
@@ -105,6 +115,7 @@ class _Record:
     exit_code: int | None = None
     exit_at: float | None = None  # scripted exit, when started
     scripted_code: int = 0
+    cpu_millicores: float = DEFAULT_CPU_MILLICORES
     logs: list[bytes] = field(default_factory=list)
 
 
@@ -269,6 +280,16 @@ class FakeRuntime:
             raise CreateContainerError(
                 f"annotation {EXIT_CODE_ANNOTATION}/{RUN_SECONDS_ANNOTATION}: {e}"
             ) from e
+        cpu = _script(annotations, CPU_MILLICORES_ANNOTATION, cname)
+        if cpu is not None:
+            try:
+                rec.cpu_millicores = float(cpu)
+            except ValueError:
+                raise CreateContainerError(
+                    f"annotation {CPU_MILLICORES_ANNOTATION}: {cpu!r} is not a number of millicores"
+                ) from None
+            if rec.cpu_millicores < 0:
+                raise CreateContainerError(f"annotation {CPU_MILLICORES_ANNOTATION}: {cpu!r} is negative")
         self._records[rec.id] = rec
         return rec.id
 
@@ -362,7 +383,7 @@ class FakeRuntime:
         ran = 0.0 if rec.started is None else (rec.finished or now) - rec.started
         return ContainerStats(
             timestamp=_engine_time(now),
-            cpu_usage_nanoseconds=int(ran * 1e6),  # a hollow container "uses" 1 ms of cpu per second
+            cpu_usage_nanoseconds=int(ran * rec.cpu_millicores * 1e6),
             memory_usage_bytes=4 * 2**20,
             memory_working_set_bytes=4 * 2**20,
             memory_rss_bytes=2 * 2**20,

@@ -342,6 +342,225 @@ def _default_daemonset(obj: dict[str, Any]) -> None:
     _default_template(spec)
 
 
+def _default_statefulset(obj: dict[str, Any]) -> None:
+    """SetDefaults_StatefulSet (1.32 gates: StatefulSetAutoDeletePVC on, MaxUnavailableStatefulSet off)."""
+    spec = _dict(obj, "spec")
+    if _unset(spec, "podManagementPolicy"):
+        spec["podManagementPolicy"] = "OrderedReady"
+    strategy = _dict(spec, "updateStrategy")
+    if _unset(strategy, "type"):
+        strategy["type"] = "RollingUpdate"
+        if strategy.get("rollingUpdate") is None:
+            strategy["rollingUpdate"] = {}
+    rolling = strategy.get("rollingUpdate")
+    if strategy["type"] == "RollingUpdate" and isinstance(rolling, dict) and rolling.get("partition") is None:
+        rolling["partition"] = 0
+    retention = _dict(spec, "persistentVolumeClaimRetentionPolicy")
+    for key in ("whenDeleted", "whenScaled"):
+        if _unset(retention, key):
+            retention[key] = "Retain"
+    if spec.get("replicas") is None:
+        spec["replicas"] = 1
+    if spec.get("revisionHistoryLimit") is None:
+        spec["revisionHistoryLimit"] = 10
+    _default_template(spec)
+
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+LEGACY_JOB_NAME_LABEL = "job-name"
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+LEGACY_CONTROLLER_UID_LABEL = "controller-uid"
+
+
+def _generate_job_selector(obj: dict[str, Any]) -> None:
+    """The job registry's generateSelector: label the template with the job's name and uid and
+    select on the uid, so the job's pods are its own even when another job has the same labels."""
+    meta = _dict(obj, "metadata")
+    spec = _dict(obj, "spec")
+    labels = _dict(_dict(_dict(spec, "template"), "metadata"), "labels")
+    for key in (LEGACY_JOB_NAME_LABEL, JOB_NAME_LABEL):
+        labels.setdefault(key, str(meta.get("name") or ""))
+    for key in (LEGACY_CONTROLLER_UID_LABEL, CONTROLLER_UID_LABEL):
+        labels.setdefault(key, str(meta.get("uid") or ""))
+    match = _dict(_dict(spec, "selector"), "matchLabels")
+    match.setdefault(CONTROLLER_UID_LABEL, str(meta.get("uid") or ""))
+
+
+def _default_job_spec(spec: dict[str, Any]) -> None:
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+        spec["parallelism"] = 1
+    if spec.get("parallelism") is None:
+        spec["parallelism"] = 1
+    if spec.get("backoffLimit") is None:
+        spec["backoffLimit"] = 2147483647 if spec.get("backoffLimitPerIndex") is not None else 6
+    if _unset(spec, "completionMode"):
+        spec["completionMode"] = "NonIndexed"
+    if spec.get("suspend") is None:
+        spec["suspend"] = False
+    if _unset(spec, "podReplacementPolicy"):
+        spec["podReplacementPolicy"] = "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed"
+    policy = spec.get("podFailurePolicy")
+    for rule in _list(policy.get("rules") if isinstance(policy, dict) else None):
+        for pattern in _list(rule.get("onPodConditions") if isinstance(rule, dict) else None):
+            if isinstance(pattern, dict) and _unset(pattern, "status"):
+                pattern["status"] = "True"
+
+
+def _default_job(obj: dict[str, Any], creating: bool) -> None:
+    spec = _dict(obj, "spec")
+    _default_job_spec(spec)
+    if creating and spec.get("manualSelector") is not True:
+        _generate_job_selector(obj)
+    meta = _dict(obj, "metadata")
+    template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels")
+    if isinstance(template_labels, dict) and template_labels and not meta.get("labels"):
+        meta["labels"] = dict(template_labels)
+    _default_template(spec)
+    if creating:
+        obj["status"] = {}  # the job registry's PrepareForCreate: status is the controller's
+
+
+def _default_cronjob(obj: dict[str, Any], creating: bool) -> None:
+    if creating:
+        obj["status"] = {}  # the cronjob registry's PrepareForCreate
+    spec = _dict(obj, "spec")
+    if _unset(spec, "concurrencyPolicy"):
+        spec["concurrencyPolicy"] = "Allow"
+    if spec.get("suspend") is None:
+        spec["suspend"] = False
+    if spec.get("successfulJobsHistoryLimit") is None:
+        spec["successfulJobsHistoryLimit"] = 3
+    if spec.get("failedJobsHistoryLimit") is None:
+        spec["failedJobsHistoryLimit"] = 1
+    _default_template(_dict(_dict(spec, "jobTemplate"), "spec"))
+
+
+# --- HorizontalPodAutoscaler (autoscaling/v2 stored; v1 bodies converted) ----------------------
+
+HPA_DEFAULT_CPU_UTILIZATION = 80  # autoscaling.DefaultCPUUtilization
+HPA_SCALE_UP_STABILIZATION_SECONDS = 0
+HPA_SCALE_DOWN_STABILIZATION_SECONDS = 300
+
+
+def hpa_default_scale_up_rules() -> dict[str, Any]:
+    """kube's GenerateHPAScaleUpRules(nil): add 4 pods or double, whichever is more, every 15 s."""
+    return {
+        "stabilizationWindowSeconds": HPA_SCALE_UP_STABILIZATION_SECONDS,
+        "selectPolicy": "Max",
+        "policies": [
+            {"type": "Pods", "value": 4, "periodSeconds": 15},
+            {"type": "Percent", "value": 100, "periodSeconds": 15},
+        ],
+    }
+
+
+def hpa_default_scale_down_rules() -> dict[str, Any]:
+    """kube's GenerateHPAScaleDownRules(nil): remove up to all pods every 15 s, after 5 minutes."""
+    return {
+        "stabilizationWindowSeconds": HPA_SCALE_DOWN_STABILIZATION_SECONDS,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+    }
+
+
+def hpa_scaling_rules(given: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The rules of one direction with kube's defaults filled in where the client left them out."""
+    if not isinstance(given, Mapping):
+        return defaults
+    rules = dict(given)
+    for key in ("stabilizationWindowSeconds", "selectPolicy", "policies"):
+        if rules.get(key) is None:
+            rules[key] = defaults[key]
+    return rules
+
+
+def hpa_v1_to_v2(obj: dict[str, Any]) -> None:
+    """Turn an autoscaling/v1 HPA into the stored autoscaling/v2 shape (in place)."""
+    obj["apiVersion"] = "autoscaling/v2"
+    spec = _dict(obj, "spec")
+    target = spec.pop("targetCPUUtilizationPercentage", None)
+    if target is not None:
+        spec["metrics"] = [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": target}},
+            }
+        ]
+    status = obj.get("status")
+    if isinstance(status, dict):
+        current = status.pop("currentCPUUtilizationPercentage", None)
+        if current is not None:
+            status["currentMetrics"] = [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": current}}}
+            ]
+
+
+def hpa_v2_to_v1(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v1 view of a stored autoscaling/v2 HPA (its CPU utilization target only),
+    for the API server to answer v1 requests with."""
+    result = copy.deepcopy(dict(obj))
+    result["apiVersion"] = "autoscaling/v1"
+    spec = _dict(result, "spec")
+    metrics = spec.pop("metrics", None) or []
+    spec.pop("behavior", None)
+    for metric in metrics:
+        resource = (metric or {}).get("resource") or {}
+        target = resource.get("target") or {}
+        if (
+            metric.get("type") == "Resource"
+            and resource.get("name") == "cpu"
+            and target.get("type") == "Utilization"
+        ):
+            spec["targetCPUUtilizationPercentage"] = target.get("averageUtilization")
+    status = result.get("status")
+    if isinstance(status, dict):
+        status.pop("conditions", None)
+        for metric in status.pop("currentMetrics", None) or []:
+            resource = (metric or {}).get("resource") or {}
+            current = resource.get("current") or {}
+            if resource.get("name") == "cpu" and current.get("averageUtilization") is not None:
+                status["currentCPUUtilizationPercentage"] = current["averageUtilization"]
+        status.setdefault("currentReplicas", 0)
+    return result
+
+
+def to_served_version(api_version: str, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A stored object as a client of `api_version` must see it (the API server should call this on
+    every object it answers with); objects stored in the requested version come back unchanged."""
+    if (
+        api_version == "autoscaling/v1"
+        and obj.get("kind") == "HorizontalPodAutoscaler"
+        and obj.get("apiVersion") != api_version
+    ):
+        return hpa_v2_to_v1(obj)
+    return obj
+
+
+def _default_hpa(obj: dict[str, Any], creating: bool) -> None:
+    if creating:  # the HPA registry's PrepareForCreate: status is the controller's
+        obj["status"] = {"desiredReplicas": 0}
+    if obj.get("apiVersion") == "autoscaling/v1":
+        hpa_v1_to_v2(obj)
+    spec = _dict(obj, "spec")
+    if spec.get("minReplicas") is None:
+        spec["minReplicas"] = 1
+    if not _list(spec.get("metrics")):
+        spec["metrics"] = [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": HPA_DEFAULT_CPU_UTILIZATION},
+                },
+            }
+        ]
+    behavior = spec.get("behavior")
+    if isinstance(behavior, dict):  # like kube: only a given behavior gets its missing parts
+        behavior["scaleUp"] = hpa_scaling_rules(behavior.get("scaleUp"), hpa_default_scale_up_rules())
+        behavior["scaleDown"] = hpa_scaling_rules(behavior.get("scaleDown"), hpa_default_scale_down_rules())
+
+
 def _ip_family(ip: str) -> str | None:
     try:
         return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
@@ -475,9 +694,23 @@ def _default_event(obj: dict[str, Any]) -> None:
     obj.setdefault("reportingInstance", "")
 
 
+def _tree_copy(value: Any) -> Any:
+    """A deep copy of decoded JSON/YAML, several times faster than copy.deepcopy: dicts and
+    lists are rebuilt, immutable scalars shared, anything else deep-copied. (A YAML alias
+    becomes two independent copies, as it does when Kubernetes converts YAML to JSON.)"""
+    kind = type(value)
+    if kind is dict:
+        return {k: _tree_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_tree_copy(v) for v in value]
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
 def apply_defaults(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A copy of `obj` with Kubernetes' defaults filled in; `old` is the stored object on update."""
-    result = copy.deepcopy(dict(obj))
+    result = _tree_copy(dict(obj))
     name = canonical_kind(kind)
     if name == "Pod":
         _default_pod(result, creating=old is None)
@@ -487,6 +720,14 @@ def apply_defaults(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | N
         _default_replicaset(result)
     elif name == "DaemonSet":
         _default_daemonset(result)
+    elif name == "StatefulSet":
+        _default_statefulset(result)
+    elif name == "Job":
+        _default_job(result, creating=old is None)
+    elif name == "CronJob":
+        _default_cronjob(result, creating=old is None)
+    elif name == "HorizontalPodAutoscaler":
+        _default_hpa(result, creating=old is None)
     elif name == "Service":
         _default_service(result, old)
     elif name == "Endpoints":

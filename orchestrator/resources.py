@@ -221,11 +221,60 @@ DAEMONSETS = Resource(
     categories=("all",),
     subresources=(_status("DaemonSet"),),
 )
+STATEFULSETS = Resource(
+    "apps",
+    "v1",
+    "statefulsets",
+    "statefulset",
+    "StatefulSet",
+    namespaced=True,
+    short_names=("sts",),
+    categories=("all",),
+    subresources=(_scale(), _status("StatefulSet")),
+)
 CONTROLLERREVISIONS = Resource(
     "apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", namespaced=True
 )
 ENDPOINTSLICES = Resource(
     "discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", namespaced=True
+)
+JOBS = Resource(
+    "batch", "v1", "jobs", "job", "Job", namespaced=True, categories=("all",), subresources=(_status("Job"),)
+)
+CRONJOBS = Resource(
+    "batch",
+    "v1",
+    "cronjobs",
+    "cronjob",
+    "CronJob",
+    namespaced=True,
+    short_names=("cj",),
+    categories=("all",),
+    subresources=(_status("CronJob"),),
+)
+# autoscaling/v2 is the stored shape; autoscaling/v1 (what `kubectl autoscale` 1.32 sends) shares
+# its storage: orchestrator.defaults turns a v1 body into v2 on every write.
+HORIZONTALPODAUTOSCALERS = Resource(
+    "autoscaling",
+    "v2",
+    "horizontalpodautoscalers",
+    "horizontalpodautoscaler",
+    "HorizontalPodAutoscaler",
+    namespaced=True,
+    short_names=("hpa",),
+    categories=("all",),
+    subresources=(_status("HorizontalPodAutoscaler"),),
+)
+HORIZONTALPODAUTOSCALERS_V1 = Resource(
+    "autoscaling",
+    "v1",
+    "horizontalpodautoscalers",
+    "horizontalpodautoscaler",
+    "HorizontalPodAutoscaler",
+    namespaced=True,
+    short_names=("hpa",),
+    categories=("all",),
+    subresources=(_status("HorizontalPodAutoscaler"),),
 )
 # events.k8s.io/v1 shares storage with core events; serving it needs a conversion between the
 # two shapes, so it is only part of a registry that asks for it.
@@ -253,12 +302,24 @@ BUILTIN_RESOURCES: tuple[Resource, ...] = (
     DEPLOYMENTS,
     REPLICASETS,
     DAEMONSETS,
+    STATEFULSETS,
     CONTROLLERREVISIONS,
     ENDPOINTSLICES,
+    JOBS,
+    CRONJOBS,
+    HORIZONTALPODAUTOSCALERS,
+    HORIZONTALPODAUTOSCALERS_V1,
 )
 
 # Order of groups under /apis, highest priority first, as kube-apiserver lists them.
-_GROUP_PRIORITY: tuple[str, ...] = ("apps", "events.k8s.io", "coordination.k8s.io", "discovery.k8s.io")
+_GROUP_PRIORITY: tuple[str, ...] = (
+    "apps",
+    "events.k8s.io",
+    "autoscaling",
+    "batch",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ _META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 _CORE = "io.k8s.api.core.v1"
 _APPS = "io.k8s.api.apps.v1"
 _DISCOVERY = "io.k8s.api.discovery.v1"
+_BATCH = "io.k8s.api.batch.v1"
 
 NAME = Column("Name", format="name", doc=(_META, "name"))
 AGE = Column("Age", doc=(_META, "creationTimestamp"))
@@ -541,6 +542,16 @@ def _replicaset_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     ]
 
 
+def _statefulset_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return [
+        _name(obj),
+        f"{_int(status.get('readyReplicas'))}/{_int(spec.get('replicas', 1))}",
+        age(_created(obj), now),
+        *_containers_and_images(_template_spec(obj)),
+    ]
+
+
 def _daemonset_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     return [
@@ -619,6 +630,120 @@ def _controllerrevision_cells(obj: Mapping[str, Any], now: datetime) -> list[Any
 
 def _lease_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
     return [_name(obj), (obj.get("spec") or {}).get("holderIdentity") or "", age(_created(obj), now)]
+
+
+def _job_condition_true(status: Mapping[str, Any], kind: str) -> bool:
+    return any(c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or ())
+
+
+def _job_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    """printJob: the job's state, succeeded/completions, and how long it ran (or has run)."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    succeeded = _int(status.get("succeeded"))
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{_int(spec.get('completions'))}"
+    elif _int(spec.get("parallelism")) > 1:
+        completions = f"{succeeded}/1 of {_int(spec.get('parallelism'))}"
+    else:
+        completions = f"{succeeded}/1"
+    started, finished = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
+    duration = ""
+    if started is not None:
+        duration = human_duration(((finished or now) - started).total_seconds())
+    state = "Running"
+    for condition, shown in (("Complete", "Complete"), ("Failed", "Failed")):
+        if _job_condition_true(status, condition):
+            state = shown
+            break
+    else:
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            state = "Terminating"
+        else:
+            for condition in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+                if _job_condition_true(status, condition):
+                    state = condition
+                    break
+    return [
+        _name(obj),
+        state,
+        completions,
+        duration,
+        age(_created(obj), now),
+        *_containers_and_images(_template_spec(obj)),
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def _cronjob_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    job_spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    suspend = spec.get("suspend")
+    last = status.get("lastScheduleTime")
+    return [
+        _name(obj),
+        spec.get("schedule") or "",
+        spec.get("timeZone") if spec.get("timeZone") is not None else _NONE,
+        "<unset>" if suspend is None else ("True" if suspend else "False"),
+        len(status.get("active") or ()),
+        age(last, now) if last else _NONE,
+        age(_created(obj), now),
+        *_containers_and_images((job_spec.get("template") or {}).get("spec")),
+        format_label_selector(job_spec.get("selector")),
+    ]
+
+
+_HPA_METRICS_SHOWN = 2
+
+
+def _hpa_current_target(target: Mapping[str, Any], current: Mapping[str, Any] | None) -> str:
+    """`12%/50%` for a utilization target, `150m/200m` for a value (kube's formatHPAMetrics)."""
+    current = current or {}
+    if target.get("type") in ("AverageValue", "Value") or "averageUtilization" not in target:
+        key = "value" if target.get("type") == "Value" else "averageValue"
+        now = current.get(key)
+        return f"{now if now is not None else _UNKNOWN}/{target.get(key, _UNKNOWN)}"
+    now = current.get("averageUtilization")
+    return f"{f'{now}%' if now is not None else _UNKNOWN}/{target['averageUtilization']}%"
+
+
+def format_hpa_metrics(specs: Any, statuses: Any) -> str:
+    """The TARGETS cell: one `name: current/target` per metric, the first two and `+ N more...`."""
+    specs = [m for m in specs or () if isinstance(m, Mapping)]
+    if not specs:
+        return _NONE
+    statuses = [m if isinstance(m, Mapping) else {} for m in statuses or ()]
+    shown = []
+    for i, spec in enumerate(specs):
+        kind = str(spec.get("type") or "")
+        field = kind[:1].lower() + kind[1:]
+        source = spec.get(field) or {}
+        status = statuses[i].get(field) if i < len(statuses) and statuses[i].get("type") == kind else None
+        status = status or {}
+        if kind in ("Resource", "ContainerResource"):
+            label = str(source.get("name") or "")
+        else:
+            label = str((source.get("metric") or {}).get("name") or "")
+        text = _hpa_current_target(source.get("target") or {}, status.get("current"))
+        shown.append(f"{label}: {text}" if label else text)
+    if len(shown) > _HPA_METRICS_SHOWN:
+        rest = len(shown) - _HPA_METRICS_SHOWN
+        return ", ".join(shown[:_HPA_METRICS_SHOWN]) + f" + {rest} more..."
+    return ", ".join(shown)
+
+
+def _hpa_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    min_replicas = spec.get("minReplicas")
+    return [
+        _name(obj),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        format_hpa_metrics(spec.get("metrics"), status.get("currentMetrics")),
+        "<unset>" if min_replicas is None else min_replicas,
+        spec.get("maxReplicas") or 0,
+        status.get("currentReplicas") or 0,
+        age(_created(obj), now),
+    ]
 
 
 def _default_cells(obj: Mapping[str, Any], now: datetime) -> list[Any]:
@@ -771,6 +896,16 @@ PRINTERS: Mapping[str, Printer] = {
         ),
         _daemonset_cells,
     ),
+    "statefulsets": Printer(
+        (
+            NAME,
+            Column("Ready", description="Number of the pod with ready state"),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+        ),
+        _statefulset_cells,
+    ),
     "controllerrevisions": Printer(
         (
             NAME,
@@ -779,6 +914,46 @@ PRINTERS: Mapping[str, Printer] = {
             AGE,
         ),
         _controllerrevision_cells,
+    ),
+    "jobs": Printer(
+        (
+            NAME,
+            Column("Status", description="Status of the job."),
+            Column("Completions", doc=(f"{_BATCH}.JobStatus", "succeeded")),
+            Column("Duration", description="Time required to complete the job."),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            Column("Selector", priority=1, doc=(f"{_BATCH}.JobSpec", "selector")),
+        ),
+        _job_cells,
+    ),
+    "cronjobs": Printer(
+        (
+            NAME,
+            Column("Schedule", doc=(f"{_BATCH}.CronJobSpec", "schedule")),
+            Column("Timezone", doc=(f"{_BATCH}.CronJobSpec", "timeZone")),
+            Column("Suspend", type="boolean", doc=(f"{_BATCH}.CronJobSpec", "suspend")),
+            Column("Active", type="integer", doc=(f"{_BATCH}.CronJobStatus", "active")),
+            Column("Last Schedule", doc=(f"{_BATCH}.CronJobStatus", "lastScheduleTime")),
+            AGE,
+            CONTAINERS,
+            IMAGES,
+            Column("Selector", priority=1, doc=(f"{_BATCH}.JobSpec", "selector")),
+        ),
+        _cronjob_cells,
+    ),
+    "horizontalpodautoscalers": Printer(
+        (
+            NAME,
+            Column("Reference", description="Reference to the target resource (kind/name)."),
+            Column("Targets", description="The current and target values of each metric."),
+            Column("MinPods", description="The lower limit of replicas the autoscaler can scale down to."),
+            Column("MaxPods", type="integer", description="The upper limit of replicas it can scale up to."),
+            Column("Replicas", type="integer", description="Current number of replicas of the target."),
+            AGE,
+        ),
+        _hpa_cells,
     ),
 }
 DEFAULT_PRINTER = Printer(

@@ -13,9 +13,11 @@ body. Like Kubernetes, validation expects an object that has already been defaul
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import re
+import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -59,8 +61,12 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("Deployment", "apps", "v1", "deployments", True),
     KindInfo("ReplicaSet", "apps", "v1", "replicasets", True),
     KindInfo("DaemonSet", "apps", "v1", "daemonsets", True),
+    KindInfo("StatefulSet", "apps", "v1", "statefulsets", True),
     KindInfo("ControllerRevision", "apps", "v1", "controllerrevisions", True),
     KindInfo("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices", True),
+    KindInfo("Job", "batch", "v1", "jobs", True),
+    KindInfo("CronJob", "batch", "v1", "cronjobs", True),
+    KindInfo("HorizontalPodAutoscaler", "autoscaling", "v2", "horizontalpodautoscalers", True),
 )
 
 _KIND_LOOKUP: dict[str, KindInfo] = {}
@@ -553,6 +559,13 @@ def parse_quantity(value: Any) -> Fraction:
         return Fraction(str(value))
     if not isinstance(value, str):
         raise QuantityError(QUANTITY_ERROR)
+    return _parse_quantity_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_quantity_text(value: str) -> Fraction:
+    # Cached: every pod write parses the same few request strings ("10m", "16Mi") again, and a
+    # Fraction is immutable. (Refused strings raise, and exceptions are not cached.)
     m = _QUANTITY_RE.match(value.strip())
     if not m:
         raise QuantityError(QUANTITY_ERROR)
@@ -1638,7 +1651,8 @@ def _validate_template_for_controller(spec: dict[str, Any], kind: str, path: str
             causes.append(
                 forbidden(
                     f"{tpath}.spec.activeDeadlineSeconds",
-                    "activeDeadlineSeconds in ReplicaSet is not Supported",
+                    f"activeDeadlineSeconds in {'StatefulSet' if kind == 'StatefulSet' else 'ReplicaSet'}"
+                    " is not Supported",
                 )
             )
     return causes
@@ -1772,10 +1786,388 @@ def _validate_daemonset(obj: dict[str, Any]) -> list[Cause]:
     return causes
 
 
+STATEFULSET_POD_MANAGEMENT = ("OrderedReady", "Parallel")
+STATEFULSET_PVC_RETENTION = ("Retain", "Delete")
+# Fields of a StatefulSet's spec an update may change (ValidateStatefulSetUpdate).
+STATEFULSET_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+)
+
+
+def _validate_statefulset(obj: dict[str, Any]) -> list[Cause]:
+    """ValidateStatefulSetSpec, plus grove's one gap: volumeClaimTemplates need PersistentVolumes,
+    which grove does not have yet, so a set asking for them is refused rather than run without."""
+    spec = _d(obj.get("spec"))
+    causes: list[Cause] = []
+    service = spec.get("serviceName")
+    if service:
+        causes += [invalid("spec.serviceName", service, msg) for msg in is_dns1123_label(_s(service))]
+    policy = spec.get("podManagementPolicy")
+    if not policy:
+        causes.append(required("spec.podManagementPolicy"))
+    elif policy not in STATEFULSET_POD_MANAGEMENT:
+        causes.append(invalid("spec.podManagementPolicy", policy, "must be 'OrderedReady' or 'Parallel'"))
+    strategy = _d(spec.get("updateStrategy"))
+    stype = strategy.get("type")
+    rolling = strategy.get("rollingUpdate")
+    upath = "spec.updateStrategy"
+    if not stype:
+        causes.append(required(upath))
+    elif stype == "OnDelete":
+        if rolling is not None:
+            causes.append(
+                invalid(f"{upath}.rollingUpdate", rolling, "only allowed for updateStrategy 'RollingUpdate'")
+            )
+    elif stype == "RollingUpdate":
+        if rolling is not None:
+            rolling = _d(rolling)
+            rpath = f"{upath}.rollingUpdate"
+            causes += _nonnegative(rolling.get("partition"), f"{rpath}.partition")
+            unavailable = rolling.get("maxUnavailable")
+            if unavailable is not None:
+                causes += _validate_positive_int_or_percent(unavailable, f"{rpath}.maxUnavailable")
+                if _int_or_percent_value(unavailable) == 0:
+                    causes.append(
+                        invalid(f"{rpath}.maxUnavailable", go_int_or_string(unavailable), "cannot be 0")
+                    )
+                causes += _not_more_than_100_percent(unavailable, f"{rpath}.maxUnavailable")
+    else:
+        causes.append(invalid(upath, strategy, "must be 'RollingUpdate' or 'OnDelete'"))
+    retention = spec.get("persistentVolumeClaimRetentionPolicy")
+    if retention is not None:
+        for key in ("whenDeleted", "whenScaled"):
+            value = _d(retention).get(key)
+            if value not in STATEFULSET_PVC_RETENTION:
+                causes.append(
+                    not_supported(
+                        f"spec.persistentVolumeClaimRetentionPolicy.{key}",
+                        value or "",
+                        STATEFULSET_PVC_RETENTION,
+                    )
+                )
+    causes += _nonnegative(spec.get("replicas"), "spec.replicas")
+    causes += _nonnegative(spec.get("minReadySeconds"), "spec.minReadySeconds")
+    causes += _nonnegative(_d(spec.get("ordinals")).get("start"), "spec.ordinals.start")
+    causes += _nonnegative(spec.get("revisionHistoryLimit"), "spec.revisionHistoryLimit")
+    selector = spec.get("selector")
+    if selector is None:
+        causes.append(required("spec.selector"))
+    else:
+        causes += validate_label_selector(selector, "spec.selector")
+        if _selector_is_empty(selector):
+            causes.append(
+                invalid(
+                    "spec.selector", go_label_selector(selector), "empty selector is invalid for statefulset"
+                )
+            )
+    causes += _validate_template_for_controller(spec, "StatefulSet", "spec")
+    if _l(spec.get("volumeClaimTemplates")):
+        causes.append(
+            forbidden(
+                "spec.volumeClaimTemplates",
+                "grove has no PersistentVolumes or PersistentVolumeClaims yet; "
+                "use emptyDir or hostPath volumes in the pod template instead",
+            )
+        )
+    return causes
+
+
+def _validate_statefulset_update(new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+    new_spec, old_spec = _d(new.get("spec")), _d(old.get("spec"))
+    fixed_new = {k: v for k, v in new_spec.items() if k not in STATEFULSET_MUTABLE}
+    fixed_old = {k: v for k, v in old_spec.items() if k not in STATEFULSET_MUTABLE}
+    if _semantic(fixed_new) != _semantic(fixed_old):
+        return [
+            forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', "
+                "'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' "
+                "and 'minReadySeconds' are forbidden",
+            )
+        ]
+    return []
+
+
 def _validate_workload_update(new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
     # apps/v1 made selectors immutable: a changed selector would orphan the controller's pods.
     new_sel, old_sel = _d(new.get("spec")).get("selector"), _d(old.get("spec")).get("selector")
     return _immutable(new_sel, old_sel, "spec.selector", go_label_selector)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch (batch/v1): jobs and cron jobs
+# ---------------------------------------------------------------------------------------------
+
+JOB_RESTART_POLICIES = ("OnFailure", "Never")
+COMPLETION_MODES = ("NonIndexed", "Indexed")
+CONCURRENCY_POLICIES = ("Allow", "Forbid", "Replace")
+JOB_CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+CRONJOB_NAME_MAX = 52  # the job name adds "-" and up to 10 digits and must stay a DNS label
+CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_CRON_FIELDS = (  # (name, low, high, names)
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+    ),
+    ("day of week", 0, 7, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+)
+_GO_DURATION_RE = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+def _cron_number(text: str, names: Mapping[str, int]) -> int | None:
+    if text.lower() in names:
+        return names[text.lower()]
+    return int(text) if text.isdigit() else None
+
+
+def _cron_field_error(text: str, low: int, high: int, names: Mapping[str, int], question: bool) -> str | None:
+    for part in text.split(","):
+        span, _, step = part.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return (
+                f"failed to parse int from {step}"
+                if not step.isdigit()
+                else f"step of range should be a positive number: {part}"
+            )
+        if span in ("*",) or (question and span == "?"):
+            continue
+        first, dash, last = span.partition("-")
+        start = _cron_number(first, names)
+        end = _cron_number(last, names) if dash else start
+        if start is None or end is None:
+            bad = first if start is None else last
+            return f"failed to parse int from {bad}"
+        if start < low:
+            return f"beginning of range ({start}) below minimum ({low}): {part}"
+        if end > high:
+            return f"end of range ({end}) above maximum ({high}): {part}"
+        if start > end:
+            return f"beginning of range ({start}) beyond end of range ({end}): {part}"
+    return None
+
+
+def cron_schedule_error(schedule: str) -> str | None:
+    """Why a CronJob schedule does not parse (robfig/cron's standard parser), or None.
+
+    Five fields (minute hour day-of-month month day-of-week) with `*`, lists, ranges, steps and
+    month/weekday names, or a descriptor (`@hourly`, ..., `@every 1h30m`)."""
+    text = schedule.strip()
+    if not text:
+        return "empty spec string"
+    if text.startswith("@"):
+        if text in CRON_DESCRIPTORS:
+            return None
+        if text.startswith("@every "):
+            duration = text[len("@every ") :].strip()
+            return None if _GO_DURATION_RE.match(duration) else f"failed to parse duration {text}: {duration}"
+        return f"unrecognized descriptor: {text}"
+    fields = text.split()
+    if len(fields) != 5:
+        return f"expected exactly 5 fields, found {len(fields)}: [{' '.join(fields)}]"
+    for index, (value, (_, low, high, names)) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
+        problem = _cron_field_error(value, low, high, names, question=index in (2, 4))
+        if problem:
+            return problem
+    return None
+
+
+def _time_zone_error(name: str) -> str | None:
+    if name in ("Local",) or name.startswith("/") or ".." in name:
+        return f"unknown time zone {name}"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return f"unknown time zone {name}"
+    return None
+
+
+def _validate_job_spec(spec: dict[str, Any], path: str, generated_selector: bool) -> list[Cause]:
+    """ValidateJobSpec (also for a CronJob's jobTemplate, where no selector is required)."""
+    causes: list[Cause] = []
+    for key in ("parallelism", "completions", "activeDeadlineSeconds", "backoffLimit"):
+        causes += _nonnegative(spec.get(key), f"{path}.{key}")
+    causes += _nonnegative(spec.get("ttlSecondsAfterFinished"), f"{path}.ttlSecondsAfterFinished")
+    mode = spec.get("completionMode")
+    if mode is not None and mode not in COMPLETION_MODES:
+        causes.append(not_supported(f"{path}.completionMode", mode, COMPLETION_MODES))
+    if mode == "Indexed":
+        if spec.get("completions") is None:
+            causes.append(required(f"{path}.completions", "when completion mode is Indexed"))
+        elif (_int(spec.get("completions")) or 0) > 100_000:
+            causes.append(
+                invalid(
+                    f"{path}.completions",
+                    spec["completions"],
+                    "must be less than or equal to 100000 when completion mode is Indexed",
+                )
+            )
+    template = spec.get("template")
+    tpath = f"{path}.template"
+    if template is None:
+        return causes + [required(tpath)]
+    template = _d(template)
+    selector = spec.get("selector")
+    if selector is None and generated_selector:
+        causes.append(required(f"{path}.selector"))
+    elif selector is not None:
+        causes += validate_label_selector(selector, f"{path}.selector")
+        labels = _d(template.get("metadata")).get("labels")
+        if _selector_matches(selector, labels) is False:
+            causes.append(
+                invalid(
+                    f"{tpath}.metadata.labels",
+                    GoValue(go_string_map(labels)),
+                    "`selector` does not match template `labels`",
+                )
+            )
+    causes += validate_pod_template(template, tpath)
+    restart = _d(template.get("spec")).get("restartPolicy")
+    if restart not in JOB_RESTART_POLICIES:
+        causes.append(not_supported(f"{tpath}.spec.restartPolicy", restart or "", JOB_RESTART_POLICIES))
+    policy = spec.get("podFailurePolicy")
+    if policy is not None:
+        if restart != "Never":
+            causes.append(
+                invalid(
+                    f"{tpath}.spec.restartPolicy",
+                    restart or "",
+                    'only "Never" is supported when podFailurePolicy is specified',
+                )
+            )
+        causes += _validate_pod_failure_policy(_d(policy), f"{path}.podFailurePolicy")
+    return causes
+
+
+POD_FAILURE_ACTIONS = ("Count", "FailIndex", "FailJob", "Ignore")
+
+
+def _validate_pod_failure_policy(policy: dict[str, Any], path: str) -> list[Cause]:
+    causes: list[Cause] = []
+    for i, rule in enumerate(_l(policy.get("rules"))):
+        rule, rpath = _d(rule), f"{path}.rules[{i}]"
+        action = rule.get("action")
+        if not action:
+            causes.append(required(f"{rpath}.action"))
+        elif action not in POD_FAILURE_ACTIONS:
+            causes.append(not_supported(f"{rpath}.action", action, POD_FAILURE_ACTIONS))
+        codes, conditions = rule.get("onExitCodes"), _l(rule.get("onPodConditions"))
+        if codes is not None and conditions:
+            detail = "specifying both OnExitCodes and OnPodConditions is not supported"
+            causes.append(Cause(rpath, INVALID, f"Invalid value: {detail}"))  # kube omits the value
+        elif codes is None and not conditions:
+            detail = "specifying one of OnExitCodes and OnPodConditions is required"
+            causes.append(Cause(rpath, INVALID, f"Invalid value: {detail}"))
+        if codes is not None:
+            codes = _d(codes)
+            operator = codes.get("operator")
+            if operator not in ("In", "NotIn"):
+                causes.append(not_supported(f"{rpath}.onExitCodes.operator", operator or "", ("In", "NotIn")))
+            values = _l(codes.get("values"))
+            if not values:
+                causes.append(required(f"{rpath}.onExitCodes.values"))
+            if operator == "In" and 0 in values:
+                causes.append(
+                    invalid(
+                        f"{rpath}.onExitCodes.values[{values.index(0)}]",
+                        0,
+                        "must not be 0 for the In operator",
+                    )
+                )
+    return causes
+
+
+def _validate_job(obj: dict[str, Any]) -> list[Cause]:
+    spec = _d(obj.get("spec"))
+    causes = _validate_job_spec(spec, "spec", generated_selector=True)
+    if spec.get("manualSelector") is not True:
+        # validateGeneratedSelector: without manualSelector the selector is the server's own,
+        # exactly the job's uid (a user's selector needs `manualSelector: true`).
+        uid = _s(_d(obj.get("metadata")).get("uid"))
+        selector = spec.get("selector")
+        if uid and selector is not None and selector != {"matchLabels": {JOB_CONTROLLER_UID_LABEL: uid}}:
+            causes.append(
+                invalid(
+                    "spec.selector",
+                    go_label_selector(spec.get("selector")),
+                    "`selector` not auto-generated",
+                )
+            )
+    return causes
+
+
+def _validate_job_update(new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+    new_spec, old_spec = _d(new.get("spec")), _d(old.get("spec"))
+    causes = _immutable(
+        new_spec.get("selector"), old_spec.get("selector"), "spec.selector", go_label_selector
+    )
+    causes += _immutable(
+        new_spec.get("completionMode"), old_spec.get("completionMode"), "spec.completionMode"
+    )
+    indexed_elastic = new_spec.get("completionMode") == "Indexed" and new_spec.get(
+        "completions"
+    ) == new_spec.get("parallelism")
+    if not indexed_elastic:
+        causes += _immutable(new_spec.get("completions"), old_spec.get("completions"), "spec.completions")
+    # The template may change only while the job is suspended and has never started.
+    never_started = old_spec.get("suspend") is True and not _d(old.get("status")).get("startTime")
+    if not never_started and _semantic(new_spec.get("template")) != _semantic(old_spec.get("template")):
+        causes.append(invalid("spec.template", GoValue("core.PodTemplateSpec{...}"), FIELD_IMMUTABLE))
+    return causes
+
+
+def _validate_cronjob(obj: dict[str, Any]) -> list[Cause]:
+    spec = _d(obj.get("spec"))
+    name = _s(_d(obj.get("metadata")).get("name"))
+    causes: list[Cause] = []
+    if len(name) > CRONJOB_NAME_MAX:
+        causes.append(invalid("metadata.name", name, f"must be no more than {CRONJOB_NAME_MAX} characters"))
+    schedule = spec.get("schedule")
+    if not _s(schedule):
+        causes.append(required("spec.schedule"))
+    elif "TZ" in schedule:
+        causes.append(
+            invalid(
+                "spec.schedule", schedule, "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+            )
+        )
+    else:
+        problem = cron_schedule_error(schedule)
+        if problem:
+            causes.append(invalid("spec.schedule", schedule, problem))
+    zone = spec.get("timeZone")
+    if zone is not None:
+        problem = _time_zone_error(_s(zone))
+        if problem:
+            causes.append(invalid("spec.timeZone", zone, problem))
+    policy = spec.get("concurrencyPolicy")
+    if not policy:
+        causes.append(required("spec.concurrencyPolicy"))
+    elif policy not in CONCURRENCY_POLICIES:
+        causes.append(not_supported("spec.concurrencyPolicy", policy, CONCURRENCY_POLICIES))
+    for key in ("startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"):
+        causes += _nonnegative(spec.get(key), f"spec.{key}")
+    job_template = spec.get("jobTemplate")
+    if job_template is None:
+        causes.append(required("spec.jobTemplate"))
+    else:
+        jmeta = _d(_d(job_template).get("metadata"))
+        causes += validate_labels(jmeta.get("labels"), "spec.jobTemplate.metadata.labels")
+        causes += validate_annotations(jmeta.get("annotations"), "spec.jobTemplate.metadata.annotations")
+        causes += _validate_job_spec(
+            _d(_d(job_template).get("spec")), "spec.jobTemplate.spec", generated_selector=False
+        )
+    return causes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2362,6 +2754,162 @@ def _validate_event(obj: dict[str, Any]) -> list[Cause]:
 
 
 # ---------------------------------------------------------------------------------------------
+# HorizontalPodAutoscaler (autoscaling/v2; v1 bodies are converted by the defaults first)
+# ---------------------------------------------------------------------------------------------
+
+HPA_METRIC_TYPES = ("ContainerResource", "External", "Object", "Pods", "Resource")
+HPA_TARGET_TYPES = ("AverageValue", "Utilization", "Value")
+HPA_SELECT_POLICIES = ("Disabled", "Max", "Min")
+HPA_POLICY_TYPES = ("Percent", "Pods")
+HPA_MAX_STABILIZATION_WINDOW = 3600
+HPA_MAX_PERIOD_SECONDS = 1800
+
+
+def _validate_hpa_target(target: Any, path: str) -> list[Cause]:
+    target = _d(target)
+    kind = target.get("type")
+    if not kind:
+        return [required(f"{path}.type", "must specify a metric target type")]
+    if kind not in HPA_TARGET_TYPES:
+        return [not_supported(f"{path}.type", kind, HPA_TARGET_TYPES)]
+    causes: list[Cause] = []
+    for key in ("value", "averageValue"):
+        if target.get(key) is not None:
+            try:
+                if parse_quantity(target[key]) <= 0:
+                    causes.append(invalid(f"{path}.{key}", target[key], "must be positive"))
+            except QuantityError as exc:
+                causes.append(invalid(f"{path}.{key}", target[key], str(exc)))
+    utilization = target.get("averageUtilization")
+    if utilization is not None and (_int(utilization) is None or utilization < 1):
+        causes.append(invalid(f"{path}.averageUtilization", utilization, "must be greater than 0"))
+    wanted = {"Utilization": "averageUtilization", "AverageValue": "averageValue", "Value": "value"}[kind]
+    if all(target.get(k) is None for k in ("averageUtilization", "averageValue", "value")):
+        causes.append(
+            required(
+                f"{path}.averageUtilization", "must set either a target raw value or a target utilization"
+            )
+        )
+    elif target.get(wanted) is None:
+        causes.append(required(f"{path}.{wanted}", f"must set {wanted} when the target type is {kind}"))
+    return causes
+
+
+def _validate_hpa_metric(metric: Any, path: str) -> list[Cause]:
+    metric = _d(metric)
+    kind = metric.get("type")
+    if not kind:
+        return [required(f"{path}.type", "must specify a metric source type")]
+    if kind not in HPA_METRIC_TYPES:
+        return [not_supported(f"{path}.type", kind, HPA_METRIC_TYPES)]
+    field_name = kind[0].lower() + kind[1:]
+    source = metric.get(field_name)
+    if not isinstance(source, dict):
+        return [
+            required(
+                f"{path}.{field_name}", f"must populate information for the given metric source ({kind})"
+            )
+        ]
+    if kind not in ("Resource", "ContainerResource"):
+        return [] if isinstance(source.get("target"), dict) else [required(f"{path}.{field_name}.target")]
+    causes: list[Cause] = []
+    if not source.get("name"):
+        causes.append(required(f"{path}.{field_name}.name", "must specify a resource name"))
+    if kind == "ContainerResource" and not source.get("container"):
+        causes.append(required(f"{path}.{field_name}.container", "must specify a container"))
+    target = source.get("target")
+    if not isinstance(target, dict):
+        causes.append(required(f"{path}.{field_name}.target", "must specify a target"))
+    else:
+        causes += _validate_hpa_target(target, f"{path}.{field_name}.target")
+        if target.get("type") == "Value":
+            causes.append(
+                not_supported(f"{path}.{field_name}.target.type", "Value", ("AverageValue", "Utilization"))
+            )
+    return causes
+
+
+def _validate_hpa_rules(rules: Any, path: str) -> list[Cause]:
+    if rules is None:
+        return []
+    rules = _d(rules)
+    causes: list[Cause] = []
+    window = rules.get("stabilizationWindowSeconds")
+    if window is not None:
+        if _int(window) is None or window < 0:
+            causes.append(invalid(f"{path}.stabilizationWindowSeconds", window, IS_NEGATIVE))
+        elif window > HPA_MAX_STABILIZATION_WINDOW:
+            causes.append(
+                invalid(
+                    f"{path}.stabilizationWindowSeconds",
+                    window,
+                    f"must be less than or equal to {HPA_MAX_STABILIZATION_WINDOW}",
+                )
+            )
+    select = rules.get("selectPolicy")
+    if select is not None and select not in HPA_SELECT_POLICIES:
+        causes.append(not_supported(f"{path}.selectPolicy", select, HPA_SELECT_POLICIES))
+    policies = rules.get("policies")
+    if policies is not None and not _l(policies):
+        causes.append(required(f"{path}.policies", "must specify at least one Policy"))
+    for i, policy in enumerate(_l(policies)):
+        ppath = f"{path}.policies[{i}]"
+        policy = _d(policy)
+        if policy.get("type") not in HPA_POLICY_TYPES:
+            causes.append(not_supported(f"{ppath}.type", policy.get("type"), HPA_POLICY_TYPES))
+        value = policy.get("value")
+        if _int(value) is None or value <= 0:
+            causes.append(invalid(f"{ppath}.value", value, "must be greater than zero"))
+        period = policy.get("periodSeconds")
+        if _int(period) is None or period <= 0:
+            causes.append(invalid(f"{ppath}.periodSeconds", period, "must be greater than zero"))
+        elif period > HPA_MAX_PERIOD_SECONDS:
+            causes.append(
+                invalid(
+                    f"{ppath}.periodSeconds",
+                    period,
+                    f"must be less than or equal to {HPA_MAX_PERIOD_SECONDS}",
+                )
+            )
+    return causes
+
+
+def _validate_hpa(obj: dict[str, Any]) -> list[Cause]:
+    spec = _d(obj.get("spec"))
+    causes: list[Cause] = []
+    ref = spec.get("scaleTargetRef")
+    if not isinstance(ref, dict):
+        causes.append(required("spec.scaleTargetRef"))
+    else:
+        if not _s(ref.get("kind")):
+            causes.append(required("spec.scaleTargetRef.kind"))
+        elif "/" in ref["kind"] or "%" in ref["kind"] or ref["kind"] in (".", ".."):
+            causes.append(invalid("spec.scaleTargetRef.kind", ref["kind"], "may not contain '/' or '%'"))
+        if not _s(ref.get("name")):
+            causes.append(required("spec.scaleTargetRef.name"))
+        elif "/" in ref["name"] or "%" in ref["name"] or ref["name"] in (".", ".."):
+            causes.append(invalid("spec.scaleTargetRef.name", ref["name"], "may not contain '/' or '%'"))
+    min_replicas = spec.get("minReplicas")
+    max_replicas = spec.get("maxReplicas")
+    if min_replicas is not None and (_int(min_replicas) is None or min_replicas < 1):
+        causes.append(invalid("spec.minReplicas", min_replicas, "must be greater than or equal to 1"))
+    if _int(max_replicas) is None or max_replicas < 1:
+        causes.append(invalid("spec.maxReplicas", max_replicas, "must be greater than 0"))
+    elif _int(min_replicas) is not None and min_replicas > max_replicas:
+        causes.append(
+            invalid("spec.maxReplicas", max_replicas, "must be greater than or equal to `minReplicas`")
+        )
+    for i, metric in enumerate(_l(spec.get("metrics"))):
+        causes += _validate_hpa_metric(metric, f"spec.metrics[{i}]")
+    behavior = spec.get("behavior")
+    if behavior is not None:
+        behavior = _d(behavior)
+        causes += _validate_hpa_rules(behavior.get("scaleUp"), "spec.behavior.scaleUp")
+        causes += _validate_hpa_rules(behavior.get("scaleDown"), "spec.behavior.scaleDown")
+    return causes
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
@@ -2381,6 +2929,7 @@ _RULES: dict[str, _Rules] = {
     "Deployment": _Rules(name_is_dns_subdomain, _validate_deployment, _validate_workload_update),
     "ReplicaSet": _Rules(name_is_dns_subdomain, _validate_replicaset, _validate_workload_update),
     "DaemonSet": _Rules(name_is_dns_subdomain, _validate_daemonset, _validate_workload_update),
+    "StatefulSet": _Rules(name_is_dns_subdomain, _validate_statefulset, _validate_statefulset_update),
     "Service": _Rules(name_is_dns1035_label, _validate_service, _validate_service_update),
     "Endpoints": _Rules(name_is_dns_subdomain, _validate_endpoints),
     "ConfigMap": _Rules(name_is_dns_subdomain, _validate_configmap, _validate_configmap_update),
@@ -2393,6 +2942,9 @@ _RULES: dict[str, _Rules] = {
     ),
     "Event": _Rules(name_is_dns_subdomain, _validate_event),
     "EndpointSlice": _Rules(name_is_dns_subdomain, _validate_endpointslice, _validate_endpointslice_update),
+    "Job": _Rules(name_is_dns_subdomain, _validate_job, _validate_job_update),
+    "CronJob": _Rules(name_is_dns_subdomain, _validate_cronjob),
+    "HorizontalPodAutoscaler": _Rules(name_is_dns_subdomain, _validate_hpa),
 }
 
 

@@ -80,6 +80,9 @@ def test_v3_index_lists_each_group_version_with_the_hash_of_its_bytes() -> None:
     assert set(index["paths"]) == {
         "api/v1",
         "apis/apps/v1",
+        "apis/autoscaling/v1",
+        "apis/autoscaling/v2",
+        "apis/batch/v1",
         "apis/coordination.k8s.io/v1",
         "apis/discovery.k8s.io/v1",
     }
@@ -89,16 +92,23 @@ def test_v3_index_lists_each_group_version_with_the_hash_of_its_bytes() -> None:
         data = openapi.openapi_v3_bytes(path)
         assert data is not None
         assert digest == hashlib.sha512(data).hexdigest().upper()
-    assert openapi.openapi_v3_document("apis/batch/v1") is None
+    assert openapi.openapi_v3_document("apis/policy/v1") is None  # not served
 
 
 def test_v3_documents_describe_only_served_kinds_and_the_meta_types_they_use() -> None:
     apps = openapi.openapi_v3_document("apis/apps/v1")
     assert apps is not None
     schemas = apps["components"]["schemas"]
-    for name in ("Deployment", "DeploymentList", "ReplicaSet", "DaemonSet"):
+    for name in (
+        "Deployment",
+        "DeploymentList",
+        "ReplicaSet",
+        "DaemonSet",
+        "StatefulSet",
+        "ControllerRevision",
+    ):
         assert f"io.k8s.api.apps.v1.{name}" in schemas
-    assert "io.k8s.api.apps.v1.StatefulSet" not in schemas
+    assert "io.k8s.api.policy.v1.PodDisruptionBudget" not in schemas  # not served by grove
     assert "io.k8s.api.autoscaling.v1.Scale" in schemas
     assert "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta" in schemas
     # Every reference resolves inside the document.
@@ -109,6 +119,9 @@ def test_v3_documents_describe_only_served_kinds_and_the_meta_types_they_use() -
     assert {(g["group"], g["version"]) for g in gvks} <= {
         ("", "v1"),
         ("apps", "v1"),
+        ("autoscaling", "v1"),
+        ("autoscaling", "v2"),
+        ("batch", "v1"),
         ("coordination.k8s.io", "v1"),
         ("discovery.k8s.io", "v1"),
         ("autoscaling", "v1"),
@@ -525,7 +538,9 @@ def test_kubernetes_python_client_reads_discovery(apiserver: TinyApiServer, tmp_
             ["all"],
         )
         groups = client.ApisApi(api).get_api_versions()
-        assert [g.name for g in groups.groups] == ["apps", "coordination.k8s.io", "discovery.k8s.io"]
+        assert [g.name for g in groups.groups] == [
+            "apps", "autoscaling", "batch", "coordination.k8s.io", "discovery.k8s.io"
+        ]  # fmt: skip
         apps = client.AppsV1Api(api).get_api_resources()
         scale = next(r for r in apps.resources if r.name == "deployments/scale")
         assert (scale.group, scale.version, scale.kind) == ("autoscaling", "v1", "Scale")

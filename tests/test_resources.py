@@ -48,12 +48,9 @@ def test_short_names_categories_and_scope() -> None:
     assert short["events"] == ("ev",)
     assert short["secrets"] == () and short["leases"] == ()
     assert {res.resource for res in DEFAULT_REGISTRY.in_category("all")} == {
-        "pods",
-        "services",
-        "deployments",
-        "replicasets",
-        "daemonsets",
-    }
+        "pods", "services", "deployments", "replicasets", "daemonsets", "statefulsets",
+        "jobs", "cronjobs", "horizontalpodautoscalers",
+    }  # fmt: skip
     cluster_scoped = {res.resource for res in DEFAULT_REGISTRY.resources if not res.namespaced}
     assert cluster_scoped == {"namespaces", "nodes"}
     assert "deletecollection" not in r.NAMESPACES.verbs and "deletecollection" in r.PODS.verbs
@@ -131,11 +128,13 @@ def test_api_versions_and_group_list() -> None:
     assert [g["name"] for g in r.api_group_list(Registry.default(events_v1=True))["groups"]] == [
         "apps",
         "events.k8s.io",
+        "autoscaling",
+        "batch",
         "coordination.k8s.io",
         "discovery.k8s.io",
     ]
     assert r.api_group(DEFAULT_REGISTRY, "apps")["kind"] == "APIGroup"
-    assert r.api_group(DEFAULT_REGISTRY, "batch") is None
+    assert r.api_group(DEFAULT_REGISTRY, "policy") is None  # not served
 
 
 def test_api_resource_list_shapes() -> None:
@@ -167,7 +166,7 @@ def test_api_resource_list_shapes() -> None:
     assert apps is not None and apps["apiVersion"] == "v1" and apps["groupVersion"] == "apps/v1"
     scale = next(e for e in apps["resources"] if e["name"] == "deployments/scale")
     assert (scale["group"], scale["version"], scale["kind"]) == ("autoscaling", "v1", "Scale")
-    assert r.api_resource_list(DEFAULT_REGISTRY, "batch", "v1") is None
+    assert r.api_resource_list(DEFAULT_REGISTRY, "policy", "v1") is None
 
 
 def test_aggregated_discovery_shapes() -> None:
@@ -189,6 +188,8 @@ def test_aggregated_discovery_shapes() -> None:
     assert apis["apiVersion"] == "apidiscovery.k8s.io/v2beta1"
     assert [g["metadata"]["name"] for g in apis["items"]] == [
         "apps",
+        "autoscaling",
+        "batch",
         "coordination.k8s.io",
         "discovery.k8s.io",
     ]
@@ -225,5 +226,5 @@ def test_discovery_document_routes_paths() -> None:
     assert doc["kind"] == "APIResourceList"
     assert r.discovery_document(DEFAULT_REGISTRY, "/apis/apps")[0]["kind"] == "APIGroup"
     assert r.discovery_document(DEFAULT_REGISTRY, "/api/v1")[0]["groupVersion"] == "v1"
-    assert r.discovery_document(DEFAULT_REGISTRY, "/apis/batch/v1") is None
+    assert r.discovery_document(DEFAULT_REGISTRY, "/apis/policy/v1") is None
     assert r.discovery_document(DEFAULT_REGISTRY, "/api/v1/pods") is None

@@ -80,6 +80,8 @@ class ControllerOptions:
     namespace_sync_period: float = 300.0
     # garbage collector: resources it never collects
     gc_ignored_resources: tuple[str, ...] = ("events", "events.events.k8s.io")
+    # horizontal pod autoscaler: how often every HPA is evaluated
+    horizontal_pod_autoscaler_sync_period: float = 15.0
     # workers per controller
     concurrent_syncs: dict[str, int] = field(default_factory=dict)
 

@@ -106,12 +106,16 @@ DURATION = Duration()
     help="How long a pod's node must stay missing before the pod is deleted.",
 )  # fmt: skip
 @click.option("--endpoint-updates-batch-period", type=DURATION, default="0s", show_default=True)
+@click.option("--horizontal-pod-autoscaler-sync-period", type=DURATION, default="15s", show_default=True)
 @click.option("--concurrent-replicaset-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--concurrent-deployment-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--concurrent-daemonset-syncs", type=click.IntRange(1, 1000), default=2, show_default=True)
 @click.option("--concurrent-endpoint-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--concurrent-namespace-syncs", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--concurrent-gc-syncs", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--concurrent-statefulset-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--concurrent-job-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--concurrent-cron-job-syncs", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def controllers(
     server: str,
@@ -131,16 +135,21 @@ def controllers(
     node_startup_grace_period: float,
     pod_gc_orphan_quarantine: float,
     endpoint_updates_batch_period: float,
+    horizontal_pod_autoscaler_sync_period: float,
     concurrent_replicaset_syncs: int,
     concurrent_deployment_syncs: int,
     concurrent_daemonset_syncs: int,
     concurrent_endpoint_syncs: int,
     concurrent_namespace_syncs: int,
     concurrent_gc_syncs: int,
+    concurrent_statefulset_syncs: int,
+    concurrent_job_syncs: int,
+    concurrent_cron_job_syncs: int,
     verbose: int,
 ) -> None:
     """Run the controllers (kube-controller-manager's job): replica sets, deployments, daemon
-    sets, endpoints, namespaces, node lifecycle and taint eviction, pod GC, garbage collection."""
+    sets, stateful sets, jobs, cron jobs, horizontal pod autoscalers, endpoints and endpoint slices,
+    namespaces, node lifecycle and taint eviction, pod GC, garbage collection."""
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s controllers %(levelname)s %(name)s: %(message)s",
@@ -178,6 +187,7 @@ def controllers(
             node_monitor_grace_period=node_monitor_grace_period,
             node_startup_grace_period=node_startup_grace_period,
             endpoint_updates_batch_period=endpoint_updates_batch_period,
+            horizontal_pod_autoscaler_sync_period=horizontal_pod_autoscaler_sync_period,
             concurrent_syncs={
                 "replicaset": concurrent_replicaset_syncs,
                 "deployment": concurrent_deployment_syncs,
@@ -185,6 +195,9 @@ def controllers(
                 "endpoint": concurrent_endpoint_syncs,
                 "namespace": concurrent_namespace_syncs,
                 "garbagecollector": concurrent_gc_syncs,
+                "statefulset": concurrent_statefulset_syncs,
+                "job": concurrent_job_syncs,
+                "cronjob": concurrent_cron_job_syncs,
             },
         ),
         pod_gc_quarantine=pod_gc_orphan_quarantine,

@@ -22,21 +22,25 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from orchestrator.apiclient import ApiClient, ApiError
+from orchestrator.apiclient import ApiClient, ApiError, ClientConfig
 from orchestrator.leaderelection import LeaderElector, LeaseConfig
 from orchestrator.watchers import InformerFactory, WorkQueueMetrics
 
 from .base import BaseController, ControllerContext, ControllerOptions, EventSink
+from .cronjob import CronJobController
 from .daemonset import DaemonSetController
 from .deployment import DeploymentController
 from .discovery import discover
 from .endpoints import EndpointsController
 from .endpointslice import EndpointSliceController
 from .garbagecollector import GarbageCollector
+from .hpa import HorizontalPodAutoscalerController
+from .job import JobController
 from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController, TaintEvictionController
 from .podgc import ORPHAN_QUARANTINE, PodGCController
 from .replicaset import ReplicaSetController
+from .statefulset import StatefulSetController
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ CONTROLLERS: dict[str, Callable[..., BaseController]] = {
     "replicaset": ReplicaSetController,
     "deployment": DeploymentController,
     "daemonset": DaemonSetController,
+    "statefulset": StatefulSetController,
+    "job": JobController,
+    "cronjob": CronJobController,
+    "horizontalpodautoscaling": HorizontalPodAutoscalerController,
     "endpoint": EndpointsController,
     "endpointslice": EndpointSliceController,
     "namespace": NamespaceController,
@@ -78,7 +86,7 @@ def select_controllers(spec: Iterable[str]) -> list[str]:
 
 @dataclass
 class ManagerOptions:
-    server: str
+    server: str | ClientConfig  # a URL, or a kubeconfig's server and credentials
     controllers: list[str] = field(default_factory=lambda: list(CONTROLLERS))
     lease: LeaseConfig | None = None
     bind_address: str = "127.0.0.1"
