@@ -318,6 +318,18 @@ class ClusterTour:
             else:
                 c.print(f"[yellow]through the Service's {what} {target}: no answer ({body[:80]})[/yellow]")
 
+    def _store_tls(self) -> str:
+        """grove kv's TLS flags for this cluster's store (the API server's client identity)."""
+        assert self.running is not None
+        pki = os.path.join(self.state_dir, "pki")
+        if not any(u.startswith("https://") for u in self.running.store):
+            return ""
+        return (
+            f" \\\n      --ca-file {_short(os.path.join(pki, 'ca.crt'))}"
+            f" --cert-file {_short(os.path.join(pki, 'apiserver-etcd-client.crt'))}"
+            f" --key-file {_short(os.path.join(pki, 'apiserver-etcd-client.key'))}"
+        )
+
     def usage(self) -> None:
         assert self.running is not None
         c = self.console
@@ -331,7 +343,7 @@ class ClusterTour:
             f"  kubectl scale deployment {APP} --replicas=5\n"
             f"  kubectl logs deployment/{APP}\n"
             "  kubectl get events --sort-by=.lastTimestamp\n"
-            f"  {grove} kv ls /registry/pods --recursive --endpoints {','.join(self.running.store)}\n\n"
+            f"  {grove} kv ls /registry/pods --recursive --endpoints {','.join(self.running.store)}{self._store_tls()}\n\n"
             f"Stop it (the data stays in {state}; `grove up --state-dir {state}` brings it all back):\n"
             f"  {grove} down --state-dir {state}",
             highlight=False,
