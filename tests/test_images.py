@@ -12,11 +12,10 @@ from pathlib import Path
 
 import docker
 import pytest
-
-pytest.register_assert_rewrite("tests.dockerutil")
 from click.testing import CliRunner
 
-from node.images import (
+pytest.register_assert_rewrite("tests.dockerutil")
+from node.images import (  # noqa: E402 - after register_assert_rewrite
     BUSYBOX_IMAGE,
     BUSYBOX_REPOSITORY,
     PAUSE_IMAGE,
@@ -27,7 +26,7 @@ from node.images import (
     is_static_elf,
     pause_rootfs,
 )
-from tests.dockerutil import Pods, wait_for
+from tests.dockerutil import Pods, wait_for  # noqa: E402
 
 pytest_plugins = ("tests.dockerutil",)
 

@@ -443,7 +443,10 @@ def test_replayed_older_event_does_not_roll_back_the_cache():
 def test_indexes_follow_changes():
     informer = Informer(None, "", "v1", "pods", indexers={"byNode": index_by_node})
     informer._replace([pod("a", 1, node="n1"), pod("b", 2, node="n1"), pod("c", 3)], "3")
-    names = lambda node: sorted(o["metadata"]["name"] for o in informer.by_index("byNode", node))
+
+    def names(node: str) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in informer.by_index("byNode", node))
+
     assert names("n1") == ["a", "b"]
     informer._apply("MODIFIED", pod("b", 4, node="n2"))
     informer._apply("MODIFIED", pod("c", 5, node="n2"))

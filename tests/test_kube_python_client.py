@@ -37,7 +37,10 @@ def test_create_list_patch_delete(api):
         v1.create_namespaced_config_map(
             "py", _configmap(f"cm{i}", {"idx": str(i), "grp": "a" if i < 2 else "b"}, {"k": str(i)})
         )
-    names = lambda items: sorted(o.metadata.name for o in items)
+
+    def names(items) -> list[str]:  # type: ignore[no-untyped-def]
+        return sorted(o.metadata.name for o in items)
+
     assert names(v1.list_namespaced_config_map("py", label_selector="grp=a").items) == ["cm0", "cm1"]
     assert names(v1.list_namespaced_config_map("py", label_selector="grp!=a").items) == ["cm2", "cm3"]
     assert names(v1.list_namespaced_config_map("py", label_selector="idx in (1,3)").items) == ["cm1", "cm3"]
