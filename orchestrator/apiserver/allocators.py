@@ -10,6 +10,7 @@ reading the taken keys and taking the first free one.
 
 from __future__ import annotations
 
+import abc
 import ipaddress
 import random
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-class _KeyRange:
+class _KeyRange(abc.ABC):
     """Values of a range, each claimed by creating one store key."""
 
     def __init__(self, storage: Storage, prefix: str, size: int, what: str) -> None:
@@ -56,8 +57,9 @@ class _KeyRange:
         self.size = size
         self.what = what
 
+    @abc.abstractmethod
     def _value(self, offset: int) -> str:
-        raise NotImplementedError
+        """The range's value at `offset` (an IP address, a port)."""
 
     async def claim(self, value: str, owner: str) -> bool:
         key = f"{self.prefix}/{value}"
