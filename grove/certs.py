@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import click
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kvstore.pki import build_certificate, write_private
 
 PrivateKey = rsa.RSAPrivateKey
 
@@ -81,10 +83,6 @@ def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _serial() -> int:
-    return x509.random_serial_number()
-
-
 def build_ca(
     now: datetime.datetime, common_name: str = "kubernetes", key: PrivateKey | None = None
 ) -> KeyPair:
@@ -92,31 +90,8 @@ def build_ca(
     key = key or new_key()
     name = _name(common_name)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(_serial())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
+    cert = build_certificate(
+        name, key.public_key(), name, key, now, now + CA_VALIDITY, ca=True, extensions=[ski]
     )
     return KeyPair(cert, key)
 
@@ -131,39 +106,19 @@ def _leaf(
     validity: datetime.timedelta = CERT_VALIDITY,
 ) -> KeyPair:
     key = key or new_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(_serial())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(min(now + validity, ca.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(list(usage) if isinstance(usage, tuple) else [usage]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
+    cert = build_certificate(
+        subject,
+        key.public_key(),
+        ca.cert.subject,
+        ca.key,
+        now,
+        min(now + validity, ca.cert.not_valid_after_utc),
+        ca=False,
+        usages=usage if isinstance(usage, tuple) else [usage],
+        sans=sans or (),
+        extensions=[x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key())],
     )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return KeyPair(builder.sign(ca.key, hashes.SHA256()), key)
+    return KeyPair(cert, key)
 
 
 def first_service_ip(service_cidr: str = DEFAULT_SERVICE_CIDR) -> str:
@@ -269,16 +224,6 @@ def build_bundle(
 # --- files ------------------------------------------------------------------------------------
 
 
-def _write_private(path: str, data: bytes) -> None:
-    """Write a file only its owner can read (0600), replacing what was there."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def load_ca(directory: str) -> KeyPair | None:
     """The CA in `directory` (ca.crt + ca.key), or None when there is none."""
     crt, key = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
@@ -301,7 +246,7 @@ def write_bundle(directory: str, bundle: Bundle) -> list[str]:
     for stem, pair in pairs.items():
         for ext, data in (("crt", pair.cert_pem()), ("key", pair.key_pem())):
             path = os.path.join(directory, f"{stem}.{ext}")
-            _write_private(path, data)
+            write_private(path, data)
             written.append(path)
     return written
 

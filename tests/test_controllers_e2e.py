@@ -10,191 +10,24 @@ the failover test at the end kills whichever one leads.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from kvstore.localcluster import free_port
-from tests import waiting
 from tests.apiserver_fixture import (
-    ROOT,
     ApiServerProcess,
-    _env,
     apiserver,  # noqa: F401 - the module's store + API server
 )
+from tests.cluster import Cluster, ready, wait_for
 
 pytestmark = [pytest.mark.slow]
-
-DEADLINE = 30.0
-LEASE = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-controller-manager"
-MANAGER_FLAGS = [
-    "--leader-elect-lease-duration", "2s", "--leader-elect-renew-deadline", "1500ms",
-    "--leader-elect-retry-period", "300ms", "--node-monitor-grace-period", "3s",
-    "--node-monitor-period", "500ms", "--node-startup-grace-period", "10s",
-    "--pod-gc-orphan-quarantine", "1s", "-v",
-]  # fmt: skip
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, **kw: Any) -> Any:
-    return waiting.wait_for(cond, what, timeout, **kw)
-
-
-class Proc:
-    """A `python -m <module> ...` child with its log in the work dir."""
-
-    def __init__(self, name: str, workdir: str, module: str, *args: str) -> None:
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Cluster:
-    def __init__(self, server: ApiServerProcess, workdir: str) -> None:
-        self.server = server
-        self.url = server.url
-        self.workdir = workdir
-        self.http = requests.Session()
-        self.procs: list[Proc] = []
-        self.managers: dict[str, tuple[Proc, int]] = {}
-        self.nodes: dict[str, Proc] = {}
-
-    # --- processes ------------------------------------------------------------------------------
-
-    def start(self, name: str, module: str, *args: str) -> Proc:
-        proc = Proc(name, self.workdir, module, *args)
-        self.procs.append(proc)
-        return proc
-
-    def start_manager(self, name: str) -> None:
-        port = free_port()
-        proc = self.start(
-            f"manager-{name}", "orchestrator.controllers.cli", "--server", self.url, "--name", name,
-            "--port", str(port), *MANAGER_FLAGS,
-        )  # fmt: skip
-        self.managers[name] = (proc, port)
-
-    def start_nodes(self, prefix: str, count: int = 1) -> Proc:
-        root = os.path.join(self.workdir, f"root-{prefix}")
-        proc = self.start(
-            f"nodes-{prefix}", "node.cli", "--server", self.url, "--runtime", "fake", "--count", str(count),
-            "--name-prefix", prefix, "--port", "0", "--root-dir", root, "--node-ip", "127.0.0.1",
-            "--node-lease-duration-seconds", "2", "--node-status-update-frequency", "1",
-        )  # fmt: skip
-        self.nodes[prefix] = proc
-        names = [f"{prefix}{i}" for i in range(count)]
-        wait_for(lambda: all(self.node_ready(n) for n in names), f"nodes {names} Ready", check=self.check)
-        return proc
-
-    def check(self) -> None:
-        for p in self.procs:
-            if not p.alive() and not getattr(p, "expected_dead", False):
-                raise AssertionError(f"{p.name} exited ({p.proc.returncode}):\n{p.log()[-3000:]}")
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
-
-    def leader(self) -> str:
-        holder = self.get(LEASE, missing_ok=True)
-        return (holder or {}).get("spec", {}).get("holderIdentity") or ""
-
-    # --- API ------------------------------------------------------------------------------------
-
-    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202)) -> dict:
-        resp = self.http.request(method, self.url + path, json=body, timeout=10)
-        assert resp.status_code in ok, f"{method} {path}: {resp.status_code} {resp.text[:500]}"
-        return resp.json()
-
-    def get(self, path: str, missing_ok: bool = False) -> dict | None:
-        resp = self.http.get(self.url + path, timeout=10)
-        if resp.status_code == 404 and missing_ok:
-            return None
-        assert resp.ok, f"GET {path}: {resp.status_code} {resp.text[:300]}"
-        return resp.json()
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
-        return self.server.kubectl(*args, input=input, check=check, timeout=timeout).stdout
-
-    def apply(self, ns: str, *objs: dict) -> None:
-        self.kubectl(
-            "apply",
-            "-n",
-            ns,
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}),
-        )
-
-    def namespace(self, name: str) -> str:
-        self.call(
-            "POST",
-            "/api/v1/namespaces",
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-        )
-        return name
-
-    def node_ready(self, name: str) -> bool:
-        node = self.get(f"/api/v1/nodes/{name}", missing_ok=True)
-        conds = (node or {}).get("status", {}).get("conditions", [])
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-    def pods(self, ns: str, selector: str = "") -> list[dict]:
-        q = f"?labelSelector={selector}" if selector else ""
-        return self.get(f"/api/v1/namespaces/{ns}/pods{q}")["items"]
-
-    def live_pods(self, ns: str, selector: str = "") -> list[dict]:
-        return [p for p in self.pods(ns, selector) if not p["metadata"].get("deletionTimestamp")]
-
-    def running(self, ns: str, selector: str = "") -> list[dict]:
-        return [p for p in self.live_pods(ns, selector) if ready(p)]
-
-    def obj(self, ns: str, kind: str, name: str) -> dict | None:
-        base = {
-            "deployment": "/apis/apps/v1",
-            "replicaset": "/apis/apps/v1",
-            "daemonset": "/apis/apps/v1",
-        }.get(kind, "/api/v1")
-        plural = {"endpoints": "endpoints"}.get(kind, kind + "s")
-        return self.get(f"{base}/namespaces/{ns}/{plural}/{name}", missing_ok=True)
-
-    def events(self, ns: str, reason: str) -> list[dict]:
-        return [e for e in self.get(f"/api/v1/namespaces/{ns}/events")["items"] if e["reason"] == reason]
-
-
-def ready(pod: dict) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", [])
-    )
 
 
 def owner_uids(obj: dict) -> list[str]:

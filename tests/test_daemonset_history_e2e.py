@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +14,8 @@ from tests.apiserver_fixture import (
     ApiServerProcess,
     apiserver,  # noqa: F401 - the module's store + API server
 )
-from tests.test_controllers_e2e import Cluster, pod_template, wait_for
+from tests.cluster import Cluster, control_plane, wait_for
+from tests.test_controllers_e2e import pod_template
 
 pytestmark = [pytest.mark.slow]
 
@@ -25,17 +24,8 @@ NODES = {"hist-0", "hist-1"}
 
 @pytest.fixture(scope="module")
 def cluster(apiserver: ApiServerProcess) -> Iterator[Cluster]:  # noqa: F811
-    workdir = tempfile.mkdtemp(prefix="grove-ds-history-")
-    c = Cluster(apiserver, workdir)
-    try:
-        c.start("scheduler", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect")
-        c.start_manager("cm")
-        wait_for(lambda: c.leader() == "cm", "the controller manager to lead", check=c.check)
-        c.start_nodes("hist-", 2)
+    with control_plane(apiserver, "ds-history", "hist-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def history_revisions(cluster: Cluster, ns: str) -> list[int]:

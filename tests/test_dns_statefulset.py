@@ -8,11 +8,8 @@ that hostname, and cluster DNS answers the name, as CoreDNS does. Checked on the
 
 from __future__ import annotations
 
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -22,7 +19,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from kvstore.localcluster import free_port
 from node.dns import ClusterZone
 from tests.apiserver_fixture import ROOT, ApiServerProcess, _env, apiserver  # noqa: F401 - pytest fixture
-from tests.test_controllers_e2e import Cluster, wait_for
+from tests.cluster import Cluster, control_plane, stop_process, wait_for
 from tests.test_dns import sync_query, wait_answer
 from tests.test_statefulset_e2e import statefulset
 
@@ -67,17 +64,8 @@ def test_zone_answers_pod_names_under_a_headless_service():
 
 @pytest.fixture(scope="module")
 def cluster(apiserver: ApiServerProcess) -> Iterator[Cluster]:  # noqa: F811
-    workdir = tempfile.mkdtemp(prefix="grove-sts-dns-")
-    c = Cluster(apiserver, workdir)
-    try:
-        c.start("scheduler", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect")
-        c.start_manager("cm")
-        wait_for(lambda: c.leader() == "cm", "the controller manager to lead", check=c.check)
-        c.start_nodes("stsdns-", 2)
+    with control_plane(apiserver, "sts-dns", "stsdns-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -92,12 +80,7 @@ def dns(apiserver: ApiServerProcess, tmp_path) -> Iterator[tuple[str, int]]:  # 
         try:
             yield ("127.0.0.1", port)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=10)
 
 
 def pod_ip(cluster: Cluster, ns: str, name: str) -> str:

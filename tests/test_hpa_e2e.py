@@ -15,23 +15,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import requests
 
 from tests import waiting
 from tests.apiserver_fixture import (
-    ROOT,
     ApiServerProcess,
-    _env,
     apiserver,  # noqa: F401 - the module's store + API server
 )
+from tests.cluster import Cluster
 
 pytestmark = [pytest.mark.slow]
 
@@ -46,66 +41,8 @@ def wait_for(cond: Callable[[], Any], what: str, check: Callable[[], None] | Non
     return waiting.wait_for(cond, what, DEADLINE, check=check, **kw)
 
 
-class Proc:
-    def __init__(self, name: str, workdir: str, args: list[str]) -> None:
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=_env(), cwd=ROOT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Cluster:
-    def __init__(self, server: ApiServerProcess, workdir: str) -> None:
-        self.server = server
-        self.workdir = workdir
-        self.http = requests.Session()
-        self.procs: list[Proc] = []
-
-    def start(self, name: str, *args: str) -> Proc:
-        proc = Proc(name, self.workdir, list(args))
-        self.procs.append(proc)
-        return proc
-
-    def check(self) -> None:
-        for p in self.procs:
-            p.check()
-
-    def stop(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
-
-    def get(self, path: str) -> dict[str, Any]:
-        resp = self.http.get(self.server.url + path, timeout=10)
-        assert resp.ok, f"GET {path}: {resp.status_code} {resp.text[:300]}"
-        return resp.json()
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        return self.server.kubectl(*args, input=input).stdout
-
-    def node_ready(self, name: str) -> bool:
-        resp = self.http.get(f"{self.server.url}/api/v1/nodes/{name}", timeout=10)
-        conds = resp.json().get("status", {}).get("conditions", []) if resp.ok else []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+class HpaCluster(Cluster):
+    """The shared process cluster, plus what these tests read of the Deployment and the HPA."""
 
     def replicas(self) -> int:
         return int(self.get(DEPLOYMENT)["spec"].get("replicas") or 0)
@@ -118,21 +55,19 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(apiserver: ApiServerProcess) -> Iterator[Cluster]:  # noqa: F811
+def cluster(apiserver: ApiServerProcess) -> Iterator[HpaCluster]:  # noqa: F811
     workdir = tempfile.mkdtemp(prefix="grove-hpa-e2e-")
-    c = Cluster(apiserver, workdir)
+    c = HpaCluster(apiserver, workdir)
     try:
+        c.start("scheduler", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect")
         c.start(
-            "scheduler", "-m", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect"
-        )
-        c.start(
-            "nodes", "-m", "node.cli", "--server", apiserver.url, "--runtime", "fake", "--count", "1",
+            "nodes", "node.cli", "--server", apiserver.url, "--runtime", "fake", "--count", "1",
             "--name-prefix", "hpa-node-", "--port", "0", "--root-dir", os.path.join(workdir, "root"),
             "--node-ip", "127.0.0.1", "--node-status-update-frequency", "1", "--cpu", "8", "--no-events",
         )  # fmt: skip
         wait_for(lambda: c.node_ready("hpa-node-0"), "node hpa-node-0 Ready", check=c.check)
         c.start(
-            "manager", "-m", "orchestrator.controllers.cli", "--server", apiserver.url, "--no-leader-elect",
+            "manager", "orchestrator.controllers.cli", "--server", apiserver.url, "--no-leader-elect",
             "--controllers", "replicaset,deployment,horizontalpodautoscaling", "--port", "0",
             "--horizontal-pod-autoscaler-sync-period", "1s",
         )  # fmt: skip
@@ -166,7 +101,7 @@ def deployment(cpu_millicores: int) -> dict[str, Any]:
 TARGETS = re.compile(r"^web\s+Deployment/web\s+cpu: (\d+|<unknown>)%?/50%\s+1\s+5\s+(\d+)\s+\S+\s*$", re.M)
 
 
-def test_autoscale_up_to_max_then_down_after_stabilization(cluster: Cluster) -> None:
+def test_autoscale_up_to_max_then_down_after_stabilization(cluster: HpaCluster) -> None:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(400)))
     out = cluster.kubectl("autoscale", "deployment", "web", "--cpu-percent=50", "--min=1", "--max=5")
     assert "autoscaled" in out
@@ -221,7 +156,7 @@ def test_autoscale_up_to_max_then_down_after_stabilization(cluster: Cluster) -> 
     assert any(m == "New size: 1; reason: All metrics below target" for m in rescales), rescales
 
 
-def test_missing_target_is_reported_in_conditions(cluster: Cluster) -> None:
+def test_missing_target_is_reported_in_conditions(cluster: HpaCluster) -> None:
     hpa = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",

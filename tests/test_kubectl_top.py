@@ -10,13 +10,8 @@ metrics-server. Every process, container and temp dir is removed at the end, pas
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,15 +21,12 @@ import pytest
 import requests
 
 from kvstore.localcluster import free_port
-from node.images import BUSYBOX_IMAGE
-from node.runtime.types import LABEL_POD_UID
 from tests import waiting
 from tests.apiserver_fixture import (
-    ROOT,
     ApiServerProcess,
-    _env,
     apiserver,  # noqa: F401 - the module's store + API server
 )
+from tests.cluster import NodeAgentProcess, busybox_container, remove_pod_containers
 
 pytest_plugins = ("tests.dockerutil",)
 pytestmark = pytest.mark.slow
@@ -51,48 +43,6 @@ NUMBERS_POD = re.compile(r"^(\S+)\s+(\d+)m\s+(\d+)Mi\s*$")
 
 def wait_for(cond: Callable[[], Any], what: str, check: Callable[[], None] | None = None, **kw: Any) -> Any:
     return waiting.wait_for(cond, what, DEADLINE, check=check, **kw)
-
-
-class AgentProcess:
-    """One `grove node` process."""
-
-    def __init__(self, server: ApiServerProcess, label: str, args: list[str]) -> None:
-        self.root = tempfile.mkdtemp(prefix=f"grove-top-{label}-")
-        self.log_path = os.path.join(server.workdir, f"node-{label}.log")
-        self.args = [
-            sys.executable, "-m", "node.cli", "--server", server.url, "--port", "0",
-            "--node-ip", "127.0.0.1", "--root-dir", self.root, "--node-status-update-frequency", "1",
-            "--no-events", *args,
-        ]  # fmt: skip
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(),
-                cwd=ROOT,
-            )
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            with open(self.log_path, errors="replace") as f:
-                tail = f.read()[-3000:]
-            raise AssertionError(f"the node agent exited ({self.proc.returncode}):\n{tail}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class Cluster:
@@ -130,15 +80,6 @@ class Cluster:
         return resp.status_code == 200 and (resp.json().get("status") or {}).get("phase") == "Running"
 
 
-def busybox(name: str, script: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": BUSYBOX_IMAGE,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", script],
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster(
     apiserver: ApiServerProcess,  # noqa: F811
@@ -146,10 +87,10 @@ def cluster(
     docker_client: docker.DockerClient,
 ) -> Iterator[Cluster]:
     c = Cluster(apiserver)
-    hollow = AgentProcess(
+    hollow = NodeAgentProcess(
         apiserver, "hollow", ["--runtime", "fake", "--count", "2", "--name-prefix", "top-hollow-"]
     )
-    real = AgentProcess(apiserver, "docker", ["--name", DOCKER_NODE])
+    real = NodeAgentProcess(apiserver, "docker", ["--name", DOCKER_NODE])
     agents = (hollow, real)
     try:
         for agent in agents:
@@ -188,8 +129,8 @@ def cluster(
             "real-web",
             DOCKER_NODE,
             [
-                busybox("app", "sleep 3600"),
-                busybox("ticker", "while true; do echo . >/dev/null; sleep 0.2; done"),
+                busybox_container("app", "sleep 3600"),
+                busybox_container("ticker", "while true; do echo . >/dev/null; sleep 0.2; done"),
             ],
             {"app": "real"},
         )
@@ -202,7 +143,7 @@ def cluster(
             for name in c.pods:
                 c.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", gracePeriodSeconds=0)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and real.proc is not None and real.proc.poll() is None:
+            while time.monotonic() < deadline and real.running():
                 resp = c.api("GET", f"/api/v1/namespaces/{NS}/pods/real-web")
                 if resp.status_code == 404:
                     break
@@ -210,14 +151,7 @@ def cluster(
         finally:
             for agent in agents:
                 agent.stop()
-            for uid in c.uids:  # whatever the agent did not get to remove
-                for ctr in docker_client.containers.list(
-                    all=True, filters={"label": f"{LABEL_POD_UID}={uid}"}
-                ):
-                    try:
-                        ctr.remove(force=True)
-                    except docker.errors.NotFound:
-                        pass
+            remove_pod_containers(docker_client, c.uids)
 
 
 def rows(output: str, pattern: re.Pattern[str]) -> dict[str, re.Match[str]]:

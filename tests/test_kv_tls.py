@@ -434,12 +434,7 @@ def test_auto_tls_member(tmp_path) -> None:
         with SyncKVClient([url], ca_file=str(cert)) as c:
             assert c.set("/auto", "tls").value == "tls"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         log.close()
 
 

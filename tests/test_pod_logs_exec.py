@@ -9,12 +9,7 @@ container the agent made is removed at the end, pass or fail.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,15 +18,12 @@ import docker
 import pytest
 import requests
 
-from node.images import BUSYBOX_IMAGE
-from node.runtime.types import LABEL_POD_UID
 from tests import waiting
 from tests.apiserver_fixture import (
-    ROOT,
     ApiServerProcess,
-    _env,
     apiserver,  # noqa: F401 - the module's store + API server
 )
+from tests.cluster import NodeAgentProcess, busybox_container, remove_pod_containers
 
 pytest_plugins = ("tests.dockerutil",)
 pytestmark = pytest.mark.slow
@@ -49,49 +41,8 @@ def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE, **kw
     return waiting.wait_for(cond, what, timeout, **kw)
 
 
-class NodeAgent:
-    """`grove node` with the Docker runtime, as a process of its own."""
-
-    def __init__(self, server: ApiServerProcess) -> None:
-        self.server = server
-        self.root = tempfile.mkdtemp(prefix="grove-node-logs-")
-        self.log_path = os.path.join(server.workdir, "node.log")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = [
-            sys.executable, "-m", "node.cli", "--server", self.server.url, "--name", NODE,
-            "--port", "0", "--node-ip", "127.0.0.1", "--root-dir", self.root,
-            "--node-status-update-frequency", "1", "--crashloop-backoff-base", "0.5",
-            "--crashloop-backoff-max", "1", "--no-events",
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT
-            )
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"the node agent exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 class Cluster:
-    def __init__(self, server: ApiServerProcess, agent: NodeAgent) -> None:
+    def __init__(self, server: ApiServerProcess, agent: NodeAgentProcess) -> None:
         self.server = server
         self.agent = agent
         self.http = requests.Session()
@@ -131,22 +82,17 @@ class Cluster:
         return status.get("phase") == "Running" and bool(statuses) and all(s.get("ready") for s in statuses)
 
 
-def container(name: str, script: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": BUSYBOX_IMAGE,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", script],
-    }
-
-
 @pytest.fixture(scope="module")
 def cluster(
     apiserver: ApiServerProcess,  # noqa: F811
     grove_images: list[str],
     docker_client: docker.DockerClient,
 ) -> Iterator[Cluster]:
-    agent = NodeAgent(apiserver)
+    agent = NodeAgentProcess(
+        apiserver,
+        "logs",
+        ["--name", NODE, "--crashloop-backoff-base", "0.5", "--crashloop-backoff-max", "1"],
+    )
     c = Cluster(apiserver, agent)
     try:
         agent.start()
@@ -160,9 +106,13 @@ def cluster(
 
         wait_for(node_ready, "the node Ready", check=agent.check)
         c.run_pod(
-            "chatty", [container("app", APP_SCRIPT), container("side", "echo side says hi; sleep 3600")]
+            "chatty",
+            [
+                busybox_container("app", APP_SCRIPT),
+                busybox_container("side", "echo side says hi; sleep 3600"),
+            ],
         )
-        c.run_pod("crasher", [container("once", "echo run $(date +%s%N); sleep 0.3; exit 1")])
+        c.run_pod("crasher", [busybox_container("once", "echo run $(date +%s%N); sleep 0.3; exit 1")])
         wait_for(lambda: c.running("chatty"), "pod chatty Running", check=agent.check)
         yield c
     finally:
@@ -170,7 +120,7 @@ def cluster(
             for name in ("chatty", "crasher"):
                 c.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}")
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and agent.proc is not None and agent.proc.poll() is None:
+            while time.monotonic() < deadline and agent.running():
                 if all(
                     c.api("GET", f"/api/v1/namespaces/{NS}/pods/{n}").status_code == 404
                     for n in ("chatty", "crasher")
@@ -179,14 +129,7 @@ def cluster(
                 time.sleep(0.2)
         finally:
             agent.stop()
-            for uid in c.uids:  # whatever the agent did not get to remove
-                for ctr in docker_client.containers.list(
-                    all=True, filters={"label": f"{LABEL_POD_UID}={uid}"}
-                ):
-                    try:
-                        ctr.remove(force=True)
-                    except docker.errors.NotFound:
-                        pass
+            remove_pod_containers(docker_client, c.uids)
 
 
 # --- logs -------------------------------------------------------------------------------------------
@@ -282,7 +225,7 @@ def test_log_errors_as_kubernetes_words_them(cluster: Cluster) -> None:
     assert negative.status_code == 422 and negative.json()["reason"] == "Invalid", negative.text
     missing = cluster.api("GET", f"{base}/ghost/log")
     assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
-    cluster.run_pod("unbound", [container("c", "sleep 1")], node=None)
+    cluster.run_pod("unbound", [busybox_container("c", "sleep 1")], node=None)
     try:
         unbound = cluster.kubectl("logs", "unbound", check=False)
         assert unbound.returncode != 0 and "pod unbound does not have a host assigned" in unbound.stderr

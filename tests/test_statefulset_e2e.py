@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 
@@ -21,7 +19,8 @@ from tests.apiserver_fixture import (
     ApiServerProcess,
     apiserver,  # noqa: F401 - the module's store + API server
 )
-from tests.test_controllers_e2e import Cluster, pod_template, wait_for
+from tests.cluster import Cluster, control_plane, wait_for
+from tests.test_controllers_e2e import pod_template
 
 pytestmark = [pytest.mark.slow]
 
@@ -30,17 +29,8 @@ GATE = "grove.io/open"
 
 @pytest.fixture(scope="module")
 def cluster(apiserver: ApiServerProcess) -> Iterator[Cluster]:  # noqa: F811
-    workdir = tempfile.mkdtemp(prefix="grove-sts-")
-    c = Cluster(apiserver, workdir)
-    try:
-        c.start("scheduler", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect")
-        c.start_manager("cm")
-        wait_for(lambda: c.leader() == "cm", "the controller manager to lead", check=c.check)
-        c.start_nodes("sts-", 2)
+    with control_plane(apiserver, "sts", "sts-") as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def statefulset(name: str, replicas: int, image: str = "busybox:1", **spec: object) -> dict:

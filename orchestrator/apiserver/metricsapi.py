@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from orchestrator import selectors
-from orchestrator.resources import Registry
+from orchestrator.resources import Registry, Resource
 
 from . import codec, errors
 from .podproxy import node_endpoint
@@ -441,6 +441,28 @@ def _selection(kind: str, query: Mapping[str, str]) -> Callable[[Mapping[str, An
     return match
 
 
+def _metrics_of(
+    objs: list[dict[str, Any]],
+    node_of: Callable[[dict[str, Any]], str],
+    samples: Mapping[str, tuple[Sample, Sample]],
+    build: Callable[[dict[str, Any], Sample, Sample], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """The metrics `build` makes of each object from the samples of its node (those without)."""
+    items = []
+    for obj in objs:
+        pair = samples.get(node_of(obj))
+        metrics = build(obj, *pair) if pair is not None else None
+        if metrics is not None:
+            items.append(metrics)
+    return items
+
+
+def _metrics_not_found(kind: str, name: str) -> errors.ApiError:
+    return errors.ApiError(
+        404, "NotFound", f'{kind}.{GROUP} "{name}" not found', {"name": name, "group": GROUP, "kind": kind}
+    )
+
+
 class MetricsApi:
     """Serves metrics.k8s.io for one API server; keeps the last Summary sample of each node."""
 
@@ -509,28 +531,13 @@ class MetricsApi:
     async def node_metrics(self, query: Mapping[str, str], name: str | None = None) -> list[dict[str, Any]]:
         """NodeMetrics of one node (ApiError 404 when it has none) or of every node the selectors match."""
         assert self.nodes is not None
-        if name is not None:
-            node = await self.storage.try_get(self.nodes, None, name)
-            nodes = [node] if node is not None else []
-        else:
-            match = _selection("Node", query)
-            everything, _rv = await self.storage.list(self.nodes, None)
-            nodes = [n for n in everything if match(n)]
+        nodes, everything = await self._get_or_select(self.nodes, "Node", query, None, name)
+        if everything is not None:
             self._forget_except({n["metadata"]["name"] for n in everything})
         samples = await self._samples(nodes)
-        items = []
-        for node in nodes:
-            pair = samples.get(node["metadata"]["name"])
-            metrics = node_metrics(node, *pair) if pair is not None else None
-            if metrics is not None:
-                items.append(metrics)
+        items = _metrics_of(nodes, lambda n: n["metadata"]["name"], samples, node_metrics)
         if name is not None and not items:
-            raise errors.ApiError(
-                404,
-                "NotFound",
-                f'nodemetrics.{GROUP} "{name}" not found',
-                {"name": name, "group": GROUP, "kind": "nodemetrics"},
-            )
+            raise _metrics_not_found("nodemetrics", name)
         return items
 
     async def pod_metrics(
@@ -538,31 +545,27 @@ class MetricsApi:
     ) -> list[dict[str, Any]]:
         """PodMetrics of one pod (ApiError 404 when it has none) or of every pod the selectors match."""
         assert self.pods is not None and self.nodes is not None
-        if name is not None:
-            pod = await self.storage.try_get(self.pods, namespace, name)
-            pods = [pod] if pod is not None else []
-        else:
-            match = _selection("Pod", query)
-            everything, _rv = await self.storage.list(self.pods, namespace)
-            pods = [p for p in everything if match(p)]
+        pods, _ = await self._get_or_select(self.pods, "Pod", query, namespace, name)
         pods = [p for p in pods if (p.get("spec") or {}).get("nodeName")]
         node_names = sorted({p["spec"]["nodeName"] for p in pods})
         found = await asyncio.gather(*(self.storage.try_get(self.nodes, None, n) for n in node_names))
         samples = await self._samples([n for n in found if n is not None])
-        items = []
-        for pod in pods:
-            pair = samples.get(pod["spec"]["nodeName"])
-            metrics = pod_metrics(pod, *pair) if pair is not None else None
-            if metrics is not None:
-                items.append(metrics)
+        items = _metrics_of(pods, lambda p: p["spec"]["nodeName"], samples, pod_metrics)
         if name is not None and not items:
-            raise errors.ApiError(
-                404,
-                "NotFound",
-                f'podmetrics.{GROUP} "{namespace}/{name}" not found',
-                {"name": f"{namespace}/{name}", "group": GROUP, "kind": "podmetrics"},
-            )
+            raise _metrics_not_found("podmetrics", f"{namespace}/{name}")
         return items
+
+    async def _get_or_select(
+        self, resource: Resource, kind: str, query: Mapping[str, str], namespace: str | None, name: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """The named object (none when it is missing), or the objects the query's label and field
+        selectors match; second, for a list, every object they were chosen from."""
+        if name is not None:
+            obj = await self.storage.try_get(resource, namespace, name)
+            return ([obj] if obj is not None else []), None
+        match = _selection(kind, query)
+        everything, _rv = await self.storage.list(resource, namespace)
+        return [o for o in everything if match(o)], everything
 
     # --- scraping ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ ReplicaSets): the informer handlers that map an owned object to its owner's key 
 expectations), the claim that adopts matching orphans and releases what stopped matching
 (`ControllerRefManager`) and writing the status subresource. `PodOwnerController` adds what
 the owners of pods share: expectations and `PodControl` (create and delete pods against them).
+`RevisionOwnerController` adds the ControllerRevision history DaemonSets and StatefulSets keep.
 
 `EventSink` records core/v1 Events without holding up a sync: `recorder.event(...)` puts the
 event on a bounded queue and one task posts them (the API server folds repeats into a count).
@@ -27,11 +28,21 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.apiclient import PODS, ApiClient, ApiError, Conflict, GroupVersionResource, NotFound, Obj
+from orchestrator.apiclient import (
+    CONTROLLERREVISIONS,
+    PODS,
+    AlreadyExists,
+    ApiClient,
+    ApiError,
+    Conflict,
+    GroupVersionResource,
+    NotFound,
+    Obj,
+)
 from orchestrator.selectors import SelectorError, selector_from_object
 from orchestrator.watchers import (
     IndexFn,
@@ -44,10 +55,12 @@ from orchestrator.watchers import (
 )
 
 from .expectations import UIDTrackingControllerExpectations
+from .revisions import REVISION_HASH_LABEL, matches, plan_history, revision_hash, revisions_to_prune
 from .util import (
     adopt_patch,
     being_deleted,
     claim,
+    controlled_by,
     controller_ref,
     int_field,
     is_pod_ready,
@@ -319,6 +332,14 @@ async def slow_start_batch(
 
 
 # --- what owners of other objects share -----------------------------------------------------------
+
+
+async def ignore_missing(call: Awaitable[Any]) -> None:
+    """Await a write whose object may already be gone (a stale cache): NotFound is done."""
+    try:
+        await call
+    except NotFound:
+        pass
 
 
 def namespace_terminating(err: ApiError) -> bool:
@@ -627,3 +648,105 @@ class PodOwnerController(WorkloadController):
         self.pod_informer = self.owned
         self.recorder = ctx.recorder(self.component)
         self.pod_control = PodControl(self.client, self.expectations, self.recorder, self.initial_batch)
+
+
+class RevisionOwnerController(PodOwnerController):
+    """A PodOwnerController that keeps its template history as ControllerRevisions (DaemonSet,
+    StatefulSet): the revision informer and claim, and kube's constructHistory, dedupCurHistories
+    and cleanupHistory as I/O around the pure decisions of `revisions`.
+
+    Pods name their revision in the `controller-revision-hash` label; `pod_revision_label(rev)`
+    says which value that is (the revision's hash for DaemonSets, its name for StatefulSets)."""
+
+    def __init__(self, ctx: ControllerContext) -> None:
+        super().__init__(ctx)
+        self.revision_informer = self.informer(
+            CONTROLLERREVISIONS,
+            indexers={
+                BY_CONTROLLER_UID: index_by_controller_uid,
+                ORPHANS_BY_NAMESPACE: index_orphans_by_namespace,
+            },
+        )
+        self.revision_refs = ControllerRefManager(
+            self.client, self.owner_gvr, CONTROLLERREVISIONS, self.api_version, self.kind
+        )
+        self.revision_informer.add_handler(
+            self._revision_changed, lambda old, cur: self._revision_changed(cur), self._revision_changed
+        )
+
+    def pod_revision_label(self, rev: Mapping[str, Any]) -> str:
+        return revision_hash(rev)
+
+    def _revision_changed(self, rev: Obj) -> None:
+        for owner in self.owners_of(rev):
+            self.enqueue_obj(owner)
+
+    async def construct_history(self, owner: Obj) -> tuple[Obj, list[Obj]] | None:
+        """constructHistory: claim the owner's ControllerRevisions and make exactly one of them
+        current, at the top of the history. The current revision and the old ones; None when
+        revisions were relabelled (their events bring the owner back)."""
+        try:
+            sel = selector_from_object(spec(owner).get("selector"))
+        except SelectorError:
+            sel = None
+        candidates = self.revision_informer.by_index(BY_CONTROLLER_UID, uid_of(owner))
+        candidates += self.revision_informer.by_index(ORPHANS_BY_NAMESPACE, namespace_of(owner))
+        revisions = await self.revision_refs.claim(
+            owner, candidates, lambda r: sel is not None and not sel.empty and sel.matches(labels_of(r))
+        )
+        ref = new_controller_ref(owner, self.api_version, self.kind)
+        plan = plan_history(owner, revisions, ref)
+        if plan.label:
+            for rev in plan.label:
+                await ignore_missing(self.client.update(*CONTROLLERREVISIONS, rev))
+            return None
+        if plan.create is not None:
+            current = await self._create_revision(owner, plan.create)
+        elif plan.current is not None and plan.renumber is not None:
+            current = await self.client.update(
+                *CONTROLLERREVISIONS, {**plan.current, "revision": plan.renumber}
+            )
+        else:
+            current = plan.current or {}
+        for dup in plan.duplicates:
+            await self._dedup(owner, dup, current)
+        return current, plan.old
+
+    async def _create_revision(self, owner: Obj, rev: Obj) -> Obj:
+        """Create the current revision; a name taken by ours with the same data is a stale cache,
+        by anything else a hash collision: bump status.collisionCount (a new name) and retry."""
+        ns = namespace_of(owner)
+        try:
+            return await self.client.create(*CONTROLLERREVISIONS, rev, namespace=ns)
+        except AlreadyExists:
+            existing = await self.client.get(*CONTROLLERREVISIONS, name_of(rev), namespace=ns)
+        if controlled_by(existing, uid_of(owner)) and matches(owner, existing):
+            return existing
+        await self.record_hash_collision(owner, name_of(rev))
+        raise AlreadyExists(
+            409, "AlreadyExists", f"controllerrevision {name_of(rev)!r} exists (hash collision)"
+        )
+
+    async def _dedup(self, owner: Obj, dup: Obj, keep: Mapping[str, Any]) -> None:
+        """dedupCurHistories: pods of a duplicate current revision move to the kept one, then the
+        duplicate goes."""
+        dup_label, keep_label = self.pod_revision_label(dup), self.pod_revision_label(keep)
+        for pod in self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(owner)):
+            if labels_of(pod).get(REVISION_HASH_LABEL) == dup_label:
+                patch = {"metadata": {"labels": {REVISION_HASH_LABEL: keep_label}}}
+                await ignore_missing(
+                    self.client.patch(*PODS, name_of(pod), patch, namespace=namespace_of(pod))
+                )
+        await ignore_missing(
+            self.client.delete(*CONTROLLERREVISIONS, name_of(dup), namespace=namespace_of(dup))
+        )
+
+    async def prune_history(
+        self, owner: Mapping[str, Any], old: list[Obj], pods: Iterable[Mapping[str, Any]] = ()
+    ) -> None:
+        """cleanupHistory: delete the oldest `old` revisions beyond revisionHistoryLimit, never
+        one a pod of `pods` still runs."""
+        for rev in revisions_to_prune(owner, old, pods):
+            await ignore_missing(
+                self.client.delete(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(rev))
+            )

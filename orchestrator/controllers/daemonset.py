@@ -27,37 +27,26 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.apiclient import (
-    CONTROLLERREVISIONS,
     DAEMONSETS,
     NODES,
-    PODS,
-    AlreadyExists,
     Conflict,
-    NotFound,
     Obj,
 )
 from orchestrator.selectors import SelectorError, selector_from_object
 
 from .base import (
     BY_CONTROLLER_UID,
-    ORPHANS_BY_NAMESPACE,
     ControllerContext,
-    ControllerRefManager,
-    PodOwnerController,
-    index_by_controller_uid,
-    index_orphans_by_namespace,
+    RevisionOwnerController,
 )
 from .revisions import (
     REVISION_HASH_LABEL,
-    matches,
-    plan_history,
     revision_hash,
-    revisions_to_prune,
     template_hash,
 )
 from .util import (
@@ -72,7 +61,6 @@ from .util import (
     TAINT_UNSCHEDULABLE,
     annotations_of,
     being_deleted,
-    controlled_by,
     creation_time,
     generation_of,
     int_field,
@@ -82,7 +70,6 @@ from .util import (
     key_of,
     labels_of,
     name_of,
-    namespace_of,
     new_controller_ref,
     node_matches_pod_affinity,
     node_taints,
@@ -490,7 +477,7 @@ def _node_view(node: Mapping[str, Any]) -> tuple[Any, ...]:
     return (labels_of(node), spec(node).get("taints"), spec(node).get("unschedulable"))
 
 
-class DaemonSetController(PodOwnerController):
+class DaemonSetController(RevisionOwnerController):
     name = "daemonset"
     default_workers = 2
     api_version = "apps/v1"
@@ -504,19 +491,6 @@ class DaemonSetController(PodOwnerController):
         self.backoff = _Backoff(*FAILED_POD_BACKOFF)
         self.node_informer = self.informer(NODES)
         self.node_informer.add_handler(self._node_changed, self._node_updated, self._node_changed)
-        self.revision_informer = self.informer(
-            CONTROLLERREVISIONS,
-            indexers={
-                BY_CONTROLLER_UID: index_by_controller_uid,
-                ORPHANS_BY_NAMESPACE: index_orphans_by_namespace,
-            },
-        )
-        self.revision_refs = ControllerRefManager(
-            self.client, DAEMONSETS, CONTROLLERREVISIONS, self.api_version, self.kind
-        )
-        self.revision_informer.add_handler(
-            self._revision_changed, lambda old, cur: self._revision_changed(cur), self._revision_changed
-        )
 
     # --- handlers -------------------------------------------------------------------------------
 
@@ -527,10 +501,6 @@ class DaemonSetController(PodOwnerController):
     def _node_updated(self, old: Obj, cur: Obj) -> None:
         if _node_view(old) != _node_view(cur):
             self._node_changed(cur)
-
-    def _revision_changed(self, rev: Obj) -> None:
-        for ds in self.owners_of(rev):
-            self.enqueue_obj(ds)
 
     # --- sync -------------------------------------------------------------------------------------
 
@@ -548,14 +518,15 @@ class DaemonSetController(PodOwnerController):
         if being_deleted(ds):
             return
         try:
-            history = await self._construct_history(ds)
+            history = await self.construct_history(ds)
         except Conflict as exc:  # a revision changed under a stale cache: look again shortly
             log.debug("%s: %s; syncing again", key, exc)
             self.enqueue_after(key, CONFLICT_RETRY)
             return
         if history is None:
             return  # the history changed under us; the revision events bring us back
-        hash_, old_revisions = history
+        current, old_revisions = history
+        hash_ = revision_hash(current)
         if not self.expectations.satisfied(key):
             await self._update_status(ds, nodes, hash_, False)
             return
@@ -584,84 +555,9 @@ class DaemonSetController(PodOwnerController):
             else:
                 await self._sync_nodes(key, ds, update.delete, update.create_on, hash_)
         if self.expectations.satisfied(key):
-            await self._cleanup_history(ds, old_revisions)
+            pods = self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds))
+            await self.prune_history(ds, old_revisions, pods)
         await self._update_status(ds, nodes, hash_, True)
-
-    # --- revision history ---------------------------------------------------------------------------
-
-    async def _construct_history(self, ds: Obj) -> tuple[str, list[Obj]] | None:
-        """constructHistory: claim the DaemonSet's ControllerRevisions and make exactly one of
-        them current, at the top of the history. The current hash and the old revisions; None
-        when revisions were relabelled (the next sync sees them)."""
-        try:
-            sel = selector_from_object(spec(ds).get("selector"))
-        except SelectorError:
-            sel = None
-        candidates = self.revision_informer.by_index(BY_CONTROLLER_UID, uid_of(ds))
-        candidates += self.revision_informer.by_index(ORPHANS_BY_NAMESPACE, namespace_of(ds))
-        revisions = await self.revision_refs.claim(
-            ds, candidates, lambda r: sel is not None and not sel.empty and sel.matches(labels_of(r))
-        )
-        ref = new_controller_ref(ds, self.api_version, self.kind)
-        plan = plan_history(ds, revisions, ref)
-        if plan.label:
-            for rev in plan.label:
-                await self._ignore_missing(self.client.update(*CONTROLLERREVISIONS, rev))
-            return None
-        if plan.create is not None:
-            current = await self._create_revision(ds, plan.create)
-        elif plan.current is not None and plan.renumber is not None:
-            current = await self.client.update(
-                *CONTROLLERREVISIONS, {**plan.current, "revision": plan.renumber}
-            )
-        else:
-            current = plan.current or {}
-        hash_ = revision_hash(current)
-        for dup in plan.duplicates:
-            await self._dedup(ds, dup, hash_)
-        return hash_, plan.old
-
-    async def _create_revision(self, ds: Obj, rev: Obj) -> Obj:
-        """Create the current revision; a name taken by ours with the same data is a stale cache,
-        by anything else a hash collision: bump status.collisionCount (a new name) and retry."""
-        try:
-            return await self.client.create(*CONTROLLERREVISIONS, rev, namespace=namespace_of(ds))
-        except AlreadyExists:
-            existing = await self.client.get(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(ds))
-        if controlled_by(existing, uid_of(ds)) and matches(ds, existing):
-            return existing
-        await self.record_hash_collision(ds, name_of(rev))
-        raise AlreadyExists(
-            409, "AlreadyExists", f"controllerrevision {name_of(rev)!r} exists (hash collision)"
-        )
-
-    async def _dedup(self, ds: Obj, dup: Obj, hash_: str) -> None:
-        """dedupCurHistories: pods of a duplicate current revision take the kept one's hash, then
-        the duplicate goes."""
-        dup_hash = revision_hash(dup)
-        for pod in self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds)):
-            if labels_of(pod).get(REVISION_HASH_LABEL) == dup_hash:
-                patch = {"metadata": {"labels": {REVISION_HASH_LABEL: hash_}}}
-                await self._ignore_missing(
-                    self.client.patch(*PODS, name_of(pod), patch, namespace=namespace_of(pod))
-                )
-        await self._ignore_missing(
-            self.client.delete(*CONTROLLERREVISIONS, name_of(dup), namespace=namespace_of(dup))
-        )
-
-    async def _cleanup_history(self, ds: Obj, old: list[Obj]) -> None:
-        pods = self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(ds))
-        for rev in revisions_to_prune(ds, old, pods):
-            await self._ignore_missing(
-                self.client.delete(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(rev))
-            )
-
-    @staticmethod
-    async def _ignore_missing(call: Awaitable[Obj]) -> None:
-        try:
-            await call
-        except NotFound:
-            pass
 
     async def _claimed_by_node(self, ds: Obj) -> dict[str, list[Mapping[str, Any]]]:
         try:

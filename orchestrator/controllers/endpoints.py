@@ -17,8 +17,9 @@ compares and writes.
 
 from __future__ import annotations
 
+import abc
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.apiclient import ENDPOINTS, PODS, SERVICES, AlreadyExists, ApiError, Conflict, NotFound, Obj
@@ -93,24 +94,31 @@ def find_port(pod: Mapping[str, Any], service_port: Mapping[str, Any]) -> int | 
     return None
 
 
-def endpoint_address(service: Mapping[str, Any], pod: Mapping[str, Any]) -> Obj:
-    addr: Obj = {"ip": pod_ip(pod)}
+def pod_reference(service: Mapping[str, Any], pod: Mapping[str, Any]) -> Obj:
+    """What an endpoint says of its pod, in Endpoints and EndpointSlices alike: its hostname when
+    the pod sets the Service as its subdomain (a headless Service's DNS names it), its node and a
+    targetRef to it."""
+    out: Obj = {}
     pspec = spec(pod)
     if (
         pspec.get("hostname")
         and pspec.get("subdomain") == name_of(service)
         and namespace_of(service) == namespace_of(pod)
     ):
-        addr["hostname"] = pspec["hostname"]
+        out["hostname"] = pspec["hostname"]
     if pspec.get("nodeName"):
-        addr["nodeName"] = pspec["nodeName"]
-    addr["targetRef"] = {
+        out["nodeName"] = pspec["nodeName"]
+    out["targetRef"] = {
         "kind": "Pod",
         "namespace": namespace_of(pod),
         "name": name_of(pod),
         "uid": uid_of(pod),
     }
-    return addr
+    return out
+
+
+def endpoint_address(service: Mapping[str, Any], pod: Mapping[str, Any]) -> Obj:
+    return {"ip": pod_ip(pod), **pod_reference(service, pod)}
 
 
 def endpoint_port(service_port: Mapping[str, Any], number: int) -> Obj:
@@ -254,25 +262,30 @@ def _index_by_namespace(obj: Obj) -> str | None:
     return (obj.get("metadata") or {}).get("namespace")
 
 
-class EndpointsController(BaseController):
-    name = "endpoint"
-    default_workers = 5
+class ServicePodsController(BaseController):
+    """A controller keyed by Service that follows the pods its Services select (Endpoints,
+    EndpointSlices): the Service and pod informers (pods indexed by namespace), and handlers
+    that enqueue every Service selecting a pod that changed in a way `pod_changed` says counts
+    — a label change re-examines the Services of the old and the new labels. With
+    --endpoint-updates-batch-period the keys wait that long, so a burst is one write."""
 
     def __init__(self, ctx: ControllerContext) -> None:
         super().__init__(ctx)
-        self.recorder = ctx.recorder(COMPONENT)
         self.batch = ctx.options.endpoint_updates_batch_period
         self.svc_informer = self.informer(SERVICES)
         self.pod_informer = self.informer(PODS, indexers={BY_NAMESPACE: _index_by_namespace})
-        self.ep_informer = self.informer(ENDPOINTS)
         self.svc_informer.add_handler(self.enqueue_obj, lambda o, c: self.enqueue_obj(c), self.enqueue_obj)
         self.pod_informer.add_handler(self._pod_added, self._pod_updated, self._pod_added)
-        self.ep_informer.add_handler(None, lambda o, c: self._endpoints_changed(c), self._endpoints_changed)
 
-    def _services_for(self, pod: Mapping[str, Any]) -> list[Obj]:
+    @abc.abstractmethod
+    def pod_changed(self, old: Mapping[str, Any], cur: Mapping[str, Any]) -> bool:
+        """Whether a pod update (same labels) can change what the Services show of it."""
+
+    def services_for(self, pod: Mapping[str, Any]) -> list[Obj]:
+        """The cached Services of the pod's namespace whose selector matches it."""
         return [s for s in self.svc_informer.list(namespace_of(pod)) if service_selects(s, pod)]
 
-    def _enqueue_services(self, services: Sequence[Obj]) -> None:
+    def _enqueue_services(self, services: Iterable[Obj]) -> None:
         for svc in services:
             if self.batch > 0:
                 self.enqueue_after(key_of(svc), self.batch)
@@ -280,14 +293,28 @@ class EndpointsController(BaseController):
                 self.enqueue_obj(svc)
 
     def _pod_added(self, pod: Obj) -> None:
-        self._enqueue_services(self._services_for(pod))
+        self._enqueue_services(self.services_for(pod))
 
     def _pod_updated(self, old: Obj, cur: Obj) -> None:
         if labels_of(old) != labels_of(cur):
-            seen = {key_of(s): s for s in self._services_for(old) + self._services_for(cur)}
-            self._enqueue_services(list(seen.values()))
-        elif _pod_view(old) != _pod_view(cur) or spec(old) != spec(cur):
-            self._enqueue_services(self._services_for(cur))
+            seen = {key_of(s): s for s in self.services_for(old) + self.services_for(cur)}
+            self._enqueue_services(seen.values())
+        elif self.pod_changed(old, cur):
+            self._enqueue_services(self.services_for(cur))
+
+
+class EndpointsController(ServicePodsController):
+    name = "endpoint"
+    default_workers = 5
+
+    def __init__(self, ctx: ControllerContext) -> None:
+        super().__init__(ctx)
+        self.recorder = ctx.recorder(COMPONENT)
+        self.ep_informer = self.informer(ENDPOINTS)
+        self.ep_informer.add_handler(None, lambda o, c: self._endpoints_changed(c), self._endpoints_changed)
+
+    def pod_changed(self, old: Mapping[str, Any], cur: Mapping[str, Any]) -> bool:
+        return _pod_view(old) != _pod_view(cur) or spec(old) != spec(cur)
 
     def _endpoints_changed(self, ep: Obj) -> None:
         if key_of(ep) in self.svc_informer:

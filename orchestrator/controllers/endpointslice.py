@@ -31,8 +31,6 @@ from typing import Any
 from orchestrator.apiclient import (
     ENDPOINTSLICES,
     NODES,
-    PODS,
-    SERVICES,
     AlreadyExists,
     ApiError,
     Conflict,
@@ -40,13 +38,12 @@ from orchestrator.apiclient import (
     Obj,
 )
 
-from .base import BY_NAMESPACE, BaseController, ControllerContext
-from .endpoints import find_port, service_selects
+from .base import BY_NAMESPACE, ControllerContext
+from .endpoints import ServicePodsController, find_port, pod_reference, service_selects
 from .util import (
     being_deleted,
     is_pod_ready,
     is_pod_terminal,
-    key_of,
     labels_of,
     meta,
     name_of,
@@ -152,21 +149,7 @@ def pod_to_endpoint(
         "addresses": pod_addresses(pod, address_type),
         "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
     }
-    pspec = spec(pod)
-    if (
-        pspec.get("hostname")
-        and pspec.get("subdomain") == name_of(service)
-        and namespace_of(pod) == namespace_of(service)
-    ):
-        endpoint["hostname"] = pspec["hostname"]
-    if pspec.get("nodeName"):
-        endpoint["nodeName"] = pspec["nodeName"]
-    endpoint["targetRef"] = {
-        "kind": "Pod",
-        "namespace": namespace_of(pod),
-        "name": name_of(pod),
-        "uid": uid_of(pod),
-    }
+    endpoint.update(pod_reference(service, pod))
     zone = labels_of(node).get(ZONE_LABEL) if node is not None else None
     if zone:
         endpoint["zone"] = zone
@@ -402,10 +385,6 @@ def _slice_service_key(obj: Obj) -> str | None:
     return f"{namespace_of(obj)}/{service}" if service else None
 
 
-def _index_by_namespace(obj: Obj) -> str | None:
-    return (obj.get("metadata") or {}).get("namespace")
-
-
 BY_SERVICE = "byService"
 
 
@@ -460,22 +439,17 @@ class SliceTracker:
         return True
 
 
-class EndpointSliceController(BaseController):
+class EndpointSliceController(ServicePodsController):
     name = "endpointslice"
     default_workers = 5
 
     def __init__(self, ctx: ControllerContext) -> None:
         super().__init__(ctx)
         self.recorder = ctx.recorder(COMPONENT)
-        self.batch = ctx.options.endpoint_updates_batch_period
         self.max_endpoints = MAX_ENDPOINTS_PER_SLICE
         self.tracker = SliceTracker()
-        self.svc_informer = self.informer(SERVICES)
-        self.pod_informer = self.informer(PODS, indexers={BY_NAMESPACE: _index_by_namespace})
         self.node_informer = self.informer(NODES)
         self.slice_informer = self.informer(ENDPOINTSLICES, indexers={BY_SERVICE: _slice_service_key})
-        self.svc_informer.add_handler(self.enqueue_obj, lambda o, c: self.enqueue_obj(c), self.enqueue_obj)
-        self.pod_informer.add_handler(self._pod_added, self._pod_updated, self._pod_added)
         self.node_informer.add_handler(None, self._node_updated, None)
         self.slice_informer.add_handler(
             self._slice_changed, lambda o, c: self._slice_changed(c), self._slice_deleted
@@ -483,25 +457,10 @@ class EndpointSliceController(BaseController):
 
     # --- event handlers: which services to look at -------------------------------------------
 
-    def _services_for(self, pod: Mapping[str, Any]) -> list[Obj]:
-        return [s for s in self.svc_informer.list(namespace_of(pod)) if service_selects(s, pod)]
-
-    def _enqueue_services(self, services: Iterable[Obj]) -> None:
-        for svc in services:
-            if self.batch > 0:
-                self.enqueue_after(key_of(svc), self.batch)
-            else:
-                self.enqueue_obj(svc)
-
-    def _pod_added(self, pod: Obj) -> None:
-        self._enqueue_services(self._services_for(pod))
-
-    def _pod_updated(self, old: Obj, cur: Obj) -> None:
-        if labels_of(old) != labels_of(cur):
-            seen = {key_of(s): s for s in self._services_for(old) + self._services_for(cur)}
-            self._enqueue_services(seen.values())
-        elif status(old) != status(cur) or spec(old) != spec(cur) or being_deleted(old) != being_deleted(cur):
-            self._enqueue_services(self._services_for(cur))
+    def pod_changed(self, old: Mapping[str, Any], cur: Mapping[str, Any]) -> bool:
+        return (
+            status(old) != status(cur) or spec(old) != spec(cur) or being_deleted(old) != being_deleted(cur)
+        )
 
     def _node_updated(self, old: Obj, cur: Obj) -> None:
         if labels_of(old).get(ZONE_LABEL) != labels_of(cur).get(ZONE_LABEL):

@@ -271,8 +271,12 @@ def _changed_within(events: Sequence[ScaleEvent], period: float, now: float) -> 
     return sum(e.change for e in events if e.time > now - period)
 
 
-def scale_up_limit(memory: AutoscalerMemory, current: int, rules: Mapping[str, Any], now: float) -> int:
-    """kube's calculateScaleUpLimitWithScalingRules."""
+def _scale_limit(
+    memory: AutoscalerMemory, current: int, rules: Mapping[str, Any], now: float, scale_up: bool
+) -> int:
+    """The replica count the scaling policies allow in one direction: each policy proposes its
+    step from the count at the start of its period (the changes made within it undone); selectPolicy
+    Max takes the largest change, Min the smallest, Disabled none."""
     select = rules.get("selectPolicy") or "Max"
     if select == "Disabled":
         return current
@@ -286,35 +290,25 @@ def scale_up_limit(memory: AutoscalerMemory, current: int, rules: Mapping[str, A
         )
         value = int(policy.get("value") or 0)
         if policy.get("type") == "Pods":
-            proposals.append(start + value)
-        else:
+            proposals.append(start + value if scale_up else start - value)
+        elif scale_up:
             proposals.append(math.ceil(start * (1 + value / 100)))
-    if not proposals:
-        return current
-    return min(proposals) if select == "Min" else max(proposals)
-
-
-def scale_down_limit(memory: AutoscalerMemory, current: int, rules: Mapping[str, Any], now: float) -> int:
-    """kube's calculateScaleDownLimitWithBehaviors (Min picks the smaller change: the larger count)."""
-    select = rules.get("selectPolicy") or "Max"
-    if select == "Disabled":
-        return current
-    proposals = []
-    for policy in rules.get("policies") or ():
-        period = float(policy.get("periodSeconds") or 0)
-        start = (
-            current
-            - _changed_within(memory.scale_up_events, period, now)
-            + _changed_within(memory.scale_down_events, period, now)
-        )
-        value = int(policy.get("value") or 0)
-        if policy.get("type") == "Pods":
-            proposals.append(start - value)
         else:
             proposals.append(int(start * (1 - value / 100)))
     if not proposals:
         return current
-    return max(proposals) if select == "Min" else min(proposals)
+    largest_change, smallest_change = (max, min) if scale_up else (min, max)
+    return smallest_change(proposals) if select == "Min" else largest_change(proposals)
+
+
+def scale_up_limit(memory: AutoscalerMemory, current: int, rules: Mapping[str, Any], now: float) -> int:
+    """kube's calculateScaleUpLimitWithScalingRules."""
+    return _scale_limit(memory, current, rules, now, scale_up=True)
+
+
+def scale_down_limit(memory: AutoscalerMemory, current: int, rules: Mapping[str, Any], now: float) -> int:
+    """kube's calculateScaleDownLimitWithBehaviors (Min picks the smaller change: the larger count)."""
+    return _scale_limit(memory, current, rules, now, scale_up=False)
 
 
 def limit_by_behavior(

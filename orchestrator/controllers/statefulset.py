@@ -29,12 +29,11 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.apiclient import (
-    CONTROLLERREVISIONS,
     PODS,
     AlreadyExists,
     ApiError,
@@ -47,24 +46,16 @@ from orchestrator.selectors import SelectorError, selector_from_object
 
 from .base import (
     BY_CONTROLLER_UID,
-    ORPHANS_BY_NAMESPACE,
     ControllerContext,
-    ControllerRefManager,
-    PodOwnerController,
-    index_by_controller_uid,
-    index_orphans_by_namespace,
+    RevisionOwnerController,
+    ignore_missing,
     namespace_terminating,
 )
 from .revisions import (
     REVISION_HASH_LABEL,
-    matches,
-    plan_history,
-    revision_number,
-    revisions_to_prune,
 )
 from .util import (
     being_deleted,
-    controlled_by,
     generation_of,
     int_field,
     is_pod_available,
@@ -340,7 +331,7 @@ def new_pod(
 # --- the controller ------------------------------------------------------------------------------
 
 
-class StatefulSetController(PodOwnerController):
+class StatefulSetController(RevisionOwnerController):
     name = "statefulset"
     default_workers = 2
     api_version = "apps/v1"
@@ -351,23 +342,9 @@ class StatefulSetController(PodOwnerController):
     def __init__(self, ctx: ControllerContext) -> None:
         super().__init__(ctx)
         self.sts_informer = self.owners
-        self.revision_informer = self.informer(
-            CONTROLLERREVISIONS,
-            indexers={
-                BY_CONTROLLER_UID: index_by_controller_uid,
-                ORPHANS_BY_NAMESPACE: index_orphans_by_namespace,
-            },
-        )
-        self.revision_refs = ControllerRefManager(
-            self.client, STATEFULSETS, CONTROLLERREVISIONS, self.api_version, self.kind
-        )
-        self.revision_informer.add_handler(
-            self._revision_changed, lambda old, cur: self._revision_changed(cur), self._revision_changed
-        )
 
-    def _revision_changed(self, rev: Obj) -> None:
-        for sts in self.owners_of(rev):
-            self.enqueue_obj(sts)
+    def pod_revision_label(self, rev: Mapping[str, Any]) -> str:
+        return name_of(rev)  # a StatefulSet's pods carry their revision's name
 
     async def sync(self, key: str) -> None:
         sts = self.sts_informer.get(key)
@@ -381,7 +358,7 @@ class StatefulSetController(PodOwnerController):
             )
             return
         try:
-            history = await self._construct_history(sts)
+            history = await self.construct_history(sts)
         except Conflict as exc:
             log.debug("%s: %s; syncing again", key, exc)
             self.enqueue_after(key, CONFLICT_RETRY)
@@ -401,7 +378,8 @@ class StatefulSetController(PodOwnerController):
             await self._act(sts, step, {name_of(current_rev): current_rev, name_of(update_rev): update_rev})
         finally:
             live = {pod_revision(p) for p in pods} | {name_of(current_rev), name_of(update_rev)}
-            await self._cleanup_history(sts, [r for r in revisions if name_of(r) not in live])
+            # truncateHistory: the oldest revisions no pod runs, beyond revisionHistoryLimit
+            await self.prune_history(sts, [r for r in revisions if name_of(r) not in live])
             fresh = self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(sts))
             new = compute_status(
                 sts, fresh, name_of(current_rev), name_of(update_rev), self.now(), generation_of(sts)
@@ -446,7 +424,7 @@ class StatefulSetController(PodOwnerController):
             ordinal = ordinal_of(sts, pod)
             if ordinal is not None:
                 patch = {"metadata": {"labels": identity_labels(sts, ordinal)}}
-                await _ignore_missing(
+                await ignore_missing(
                     self.client.patch(*PODS, name_of(pod), patch, namespace=namespace_of(pod))
                 )
         for pod in step.delete:
@@ -463,72 +441,3 @@ class StatefulSetController(PodOwnerController):
             self.recorder.normal(
                 sts, "SuccessfulDelete", f"delete Pod {name_of(pod)} in StatefulSet {name_of(sts)} successful"
             )
-
-    # --- revision history ----------------------------------------------------------------------
-
-    async def _construct_history(self, sts: Obj) -> tuple[Obj, list[Obj]] | None:
-        """The revision of the set's template (created or moved to the top of the history when
-        needed) and every other revision the set owns; None when revisions were relabelled."""
-        try:
-            sel = selector_from_object(spec(sts).get("selector"))
-        except SelectorError:
-            sel = None
-        candidates = self.revision_informer.by_index(BY_CONTROLLER_UID, uid_of(sts))
-        candidates += self.revision_informer.by_index(ORPHANS_BY_NAMESPACE, namespace_of(sts))
-        revisions = await self.revision_refs.claim(
-            sts, candidates, lambda r: sel is not None and not sel.empty and sel.matches(labels_of(r))
-        )
-        ref = new_controller_ref(sts, self.api_version, self.kind)
-        hp = plan_history(sts, revisions, ref)
-        if hp.label:
-            for rev in hp.label:
-                await _ignore_missing(self.client.update(*CONTROLLERREVISIONS, rev))
-            return None
-        if hp.create is not None:
-            current = await self._create_revision(sts, hp.create)
-        elif hp.current is not None and hp.renumber is not None:
-            current = await self.client.update(*CONTROLLERREVISIONS, {**hp.current, "revision": hp.renumber})
-        else:
-            current = hp.current or {}
-        for dup in hp.duplicates:
-            await self._dedup(sts, dup, name_of(current))
-        return current, hp.old
-
-    async def _create_revision(self, sts: Obj, rev: Obj) -> Obj:
-        try:
-            return await self.client.create(*CONTROLLERREVISIONS, rev, namespace=namespace_of(sts))
-        except AlreadyExists:
-            existing = await self.client.get(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(sts))
-        if controlled_by(existing, uid_of(sts)) and matches(sts, existing):
-            return existing
-        await self.record_hash_collision(sts, name_of(rev))
-        raise AlreadyExists(
-            409, "AlreadyExists", f"controllerrevision {name_of(rev)!r} exists (hash collision)"
-        )
-
-    async def _dedup(self, sts: Obj, dup: Obj, keep: str) -> None:
-        """Pods of a duplicate revision of the current template move to the kept one, then the
-        duplicate goes."""
-        for pod in self.pod_informer.by_index(BY_CONTROLLER_UID, uid_of(sts)):
-            if pod_revision(pod) == name_of(dup):
-                patch = {"metadata": {"labels": {REVISION_HASH_LABEL: keep}}}
-                await _ignore_missing(
-                    self.client.patch(*PODS, name_of(pod), patch, namespace=namespace_of(pod))
-                )
-        await _ignore_missing(
-            self.client.delete(*CONTROLLERREVISIONS, name_of(dup), namespace=namespace_of(dup))
-        )
-
-    async def _cleanup_history(self, sts: Obj, not_live: list[Obj]) -> None:
-        """truncateHistory: the oldest revisions no pod runs, beyond revisionHistoryLimit."""
-        for rev in revisions_to_prune(sts, sorted(not_live, key=revision_number), ()):
-            await _ignore_missing(
-                self.client.delete(*CONTROLLERREVISIONS, name_of(rev), namespace=namespace_of(rev))
-            )
-
-
-async def _ignore_missing(call: Awaitable[Obj]) -> None:
-    try:
-        await call
-    except NotFound:
-        pass
