@@ -9,6 +9,7 @@ Nothing a client sends gives a 500.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,12 @@ def parse_accept(header: str | None, *, allow_as: bool = True) -> Accept:
     """Pick the first acceptable clause of an Accept header (clients list preferences in order)."""
     if not header:
         return DEFAULT_ACCEPT
+    return _parse_accept(header, allow_as)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_accept(header: str, allow_as: bool) -> Accept:
+    # Cached: each client sends the same few headers over and over. (Refusals raise, uncached.)
     seen_protobuf = False
     for clause in header.split(","):
         media, *raw_params = (p.strip() for p in clause.split(";"))

@@ -392,6 +392,8 @@ class Api:
             if alloc is not None:
                 await self.services.rollback(obj, alloc)
             raise
+        if self.caches is not None:
+            self.caches.written(res, created)
         if res.resource == "events":
             self.events.remember(created)
         elif res.resource == "namespaces":
@@ -412,8 +414,16 @@ class Api:
         retry: Callable[[], bool] = lambda: True,
         on_missing: Callable[[], Awaitable[dict[str, Any]]] | None = None,
         cached: bool = True,
+        pure: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """Read, transform, check and compare-and-swap until it sticks; (object, created).
+
+        A `pure` transform (the binding's) builds its result without changing the object it is
+        given, sharing what it leaves alone, so that object is not copied, and not even decoded
+        when a recent watch event holds it decoded already; the steps after it must then not change
+        the result in place either, which holds for the subresources that skip preparation and
+        defaults. The stored result and the object it replaced are handed to the watch cache, which
+        then need not decode them for its watchers.
 
         With `cached` (the default), the first attempt starts from the watch cache's copy of
         the object instead of a store read, as kube-apiserver does: the compare-and-swap fails
@@ -429,7 +439,9 @@ class Api:
             if cached and attempt == 0 and self.caches is not None:
                 hinted = self.caches.latest(res, namespace, name)
                 if hinted is not None:
-                    current = decode_value(hinted[1], hinted[0])
+                    # (a pure transform can start from the object the cache holds, unchanged)
+                    shared = self.caches.decoded(res, namespace, name, hinted[0]) if pure else None
+                    current = shared if shared is not None else decode_value(hinted[1], hinted[0])
             if current is None:
                 hinted = None
                 current = await self.storage.try_get(res, namespace, name)
@@ -439,11 +451,11 @@ class Api:
                 raise errors.not_found(res, name)
             if hinted is not None:
                 try:
-                    new = transform(decode_value(hinted[1], hinted[0]))  # type: ignore[arg-type]
+                    new = transform(current if pure else decode_value(hinted[1], hinted[0]))  # type: ignore[arg-type]
                 except errors.ApiError:
                     continue  # maybe only the cached copy is refused: ask the store
             else:
-                new = transform(_copy(current))
+                new = transform(current if pure else _copy(current))
             if subresource is None:
                 strategy.prepare_update(res, new, current)
             elif subresource == "status":
@@ -514,6 +526,8 @@ class Api:
                 raise
             if alloc is not None:
                 await self.services.commit(result, alloc)
+            if pure and self.caches is not None:
+                self.caches.written(res, result, current)
             if res.resource == "namespaces":
                 self.namespaces.observe(result)
             return result, False
@@ -907,35 +921,7 @@ class Api:
         uid = meta.get("uid")
 
         def transform(pod: dict[str, Any]) -> dict[str, Any]:
-            pmeta = pod["metadata"]
-            if uid and pmeta.get("uid") != uid:
-                raise errors.conflict(
-                    res,
-                    name,
-                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: {pmeta.get('uid')}",
-                )
-            if pmeta.get("deletionTimestamp"):
-                raise errors.conflict(res, name, f"pod {name} is being deleted, cannot be assigned to a host")
-            spec = pod.setdefault("spec", {})
-            if spec.get("nodeName"):
-                raise errors.conflict(
-                    res, name, f'pod {name} is already assigned to node "{spec["nodeName"]}"'
-                )
-            spec["nodeName"] = node
-            if meta.get("annotations"):
-                pmeta.setdefault("annotations", {}).update(meta["annotations"])
-            status = pod.setdefault("status", {})
-            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
-            conditions.append(
-                {
-                    "type": "PodScheduled",
-                    "status": "True",
-                    "lastProbeTime": None,
-                    "lastTransitionTime": strategy.now_rfc3339(),
-                }
-            )
-            status["conditions"] = conditions
-            return pod
+            return bind_pod(res, pod, name, node, uid, meta.get("annotations"))
 
         await self.guaranteed_update(
             res,
@@ -944,8 +930,52 @@ class Api:
             transform,
             _without_manager_record(opts),
             subresource="binding",
+            pure=True,
         )
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+
+def bind_pod(
+    res: Resource,
+    pod: dict[str, Any],
+    name: str,
+    node: str,
+    uid: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The pod after a Binding to `node` (409 Conflict when it cannot be bound), built without
+    changing `pod`: the result shares every part the binding leaves alone (the containers, most
+    of the metadata), so a binding decodes the cached pod once and copies nothing else."""
+    pmeta = pod["metadata"]
+    if uid and pmeta.get("uid") != uid:
+        raise errors.conflict(
+            res,
+            name,
+            f"Precondition failed: UID in precondition: {uid}, UID in object meta: {pmeta.get('uid')}",
+        )
+    if pmeta.get("deletionTimestamp"):
+        raise errors.conflict(res, name, f"pod {name} is being deleted, cannot be assigned to a host")
+    spec = pod.get("spec", {})
+    if spec.get("nodeName"):
+        raise errors.conflict(res, name, f'pod {name} is already assigned to node "{spec["nodeName"]}"')
+    bound = dict(pod)
+    bound["metadata"] = new_meta = dict(pmeta)
+    if annotations:
+        new_meta["annotations"] = {**(pmeta.get("annotations") or {}), **annotations}
+    bound["spec"] = {**spec, "nodeName": node}
+    status = dict(pod.get("status", {}))
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+    conditions.append(
+        {
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": None,
+            "lastTransitionTime": strategy.now_rfc3339(),
+        }
+    )
+    status["conditions"] = conditions
+    bound["status"] = status
+    return bound
 
 
 def record_create(obj: dict[str, Any], manager: str, now: str) -> None:

@@ -88,6 +88,18 @@ class StoreEvent:
             self._old = decode_value(self.old_value, self.old_rv)
         return self._old
 
+    def decoded(self) -> dict[str, Any] | None:
+        """`object` if it is decoded already (None otherwise: nothing is decoded here)."""
+        return self._object
+
+    def attach(self, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """Take the decoded objects from whoever wrote them (equal to what decoding `value` and
+        `old_value` gives), so that they need not be decoded again. They are shared from now on."""
+        if self._object is None:
+            self._object = obj
+        if old is not None and self._old is None and self.old_value is not None:
+            self._old = old
+
     def forget_decoded(self) -> None:
         """Drop the decoded objects (they are many times the size of the JSON they came from)."""
         self._object = self._old = None

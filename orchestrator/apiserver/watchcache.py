@@ -6,7 +6,9 @@ stream of the whole resource (all namespaces) from its resourceVersion; the deco
 every subscriber whose namespace/name they concern, and the most recent ones are kept, so a
 watch that starts a little in the past (the usual list-then-watch) is served from memory. A watch
 that starts before what the cache holds is served by its own store stream, which answers 410
-Expired when the store no longer has that history either.
+Expired when the store no longer has that history either. The objects this server writes are
+handed over by the write path (`written`), so their events need not decode the store's JSON
+again for the watchers that look into objects (selectors, tables, metadata-only watches).
 
 A subscriber that cannot keep up is not allowed to hold memory without bound: its watch ends
 (cleanly, as kube-apiserver ends slow watchers) and the client resumes from the last version it
@@ -30,7 +32,11 @@ from .storage import Storage, StoreEvent
 log = logging.getLogger("grove.apiserver")
 
 Item = StoreEvent | errors.ApiError | None  # None: the stream ended
-DECODED_EVENTS = 1024  # most recent events of a cache that keep their decoded objects
+# The most recent events of a cache that keep their decoded objects, for the watchers still
+# working through them. Few: what is kept decoded is most of the server's working set, and
+# allocating and freeing objects in memory the CPU cache has lost costs more than decoding.
+DECODED_EVENTS = 256
+WRITTEN_OBJECTS = 1024  # objects this server wrote whose events have not come back yet
 
 
 class EventSink:
@@ -134,6 +140,12 @@ class ResourceCache:
         self.by_node: dict[str, set[_Subscriber]] = {}
         # The latest stored state of each object changed since the cache started: (rv, JSON).
         self.latest: dict[tuple[str | None, str], tuple[int, str]] = {}
+        # Objects this server just wrote, by resourceVersion: (namespace, name, object, the
+        # object it replaced or None). Their events take them instead of decoding the store's JSON.
+        self.written: dict[int, tuple[str | None, str, dict[str, Any], dict[str, Any] | None]] = {}
+        self.last_rv = since - 1
+        # The events that may still keep decoded objects (the last DECODED_EVENTS), by version.
+        self.recent: dict[int, StoreEvent] = {}
         self.failed = False
         self.task = asyncio.create_task(self._run(since), name=f"watchcache-{res.resource}")
 
@@ -164,6 +176,35 @@ class ResourceCache:
             if not subs:
                 del self.by_node[sub.node]
 
+    def remember_written(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        meta = obj["metadata"]
+        rv = int(meta["resourceVersion"])
+        ns = meta.get("namespace") if self.res.namespaced else None
+        entry = (ns, meta["name"], obj, old)
+        if rv <= self.last_rv:
+            # Its event came back first; its watchers have likely not looked at it yet.
+            ev = self.recent.get(rv)
+            if ev is not None:
+                self._attach(ev, entry)
+            return
+        self.written[rv] = entry
+        if len(self.written) > WRITTEN_OBJECTS:
+            del self.written[next(iter(self.written))]
+
+    def _take_written(self, ev: StoreEvent) -> None:
+        found = self.written.pop(ev.rv, None)
+        if found is not None:
+            self._attach(ev, found)
+
+    @staticmethod
+    def _attach(ev: StoreEvent, found: tuple[str | None, str, dict[str, Any], dict[str, Any] | None]) -> None:
+        if found[0] != ev.namespace or found[1] != ev.name or ev.type == "DELETED":
+            return
+        old = found[3]
+        if old is not None and old["metadata"].get("resourceVersion") != str(ev.old_rv):
+            old = None
+        ev.attach(found[2], old)
+
     def _deliver(self, ev: StoreEvent) -> None:
         dropped = [sub for sub in self.subscribers if sub.wants(ev) and not sub.sink.push(ev)]
         if self.by_node:
@@ -178,6 +219,12 @@ class ResourceCache:
     async def _run(self, since: int) -> None:
         try:
             async for ev in self.storage.watch(self.res, None, since):
+                self.last_rv = ev.rv
+                if self.written:
+                    self._take_written(ev)
+                self.recent[ev.rv] = ev
+                if len(self.recent) > DECODED_EVENTS:
+                    del self.recent[next(iter(self.recent))]
                 self.history.append(ev)
                 if len(self.history) > self.size:
                     self.covered_from = self.history.popleft().rv
@@ -208,6 +255,8 @@ class ResourceCache:
             self.subscribers.clear()
             self.by_node.clear()
             self.latest.clear()
+            self.written.clear()
+            self.recent.clear()
 
 
 class WatchCaches:
@@ -259,6 +308,23 @@ class WatchCaches:
             cache = self._caches[key] = ResourceCache(self.storage, res, since, self.size)
             return cache
         return cache if cache.covers(since) else None
+
+    def written(self, res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = None) -> None:
+        """An object this server has just stored (with its new resourceVersion) and, for an update,
+        the one it replaced: the resource's cache hands them to the change's event instead of
+        decoding the store's JSON again. Neither may be changed afterwards."""
+        cache = self._caches.get((res.group, res.resource))
+        if cache is not None and not cache.failed and (cache.subscribers or cache.by_node):
+            cache.remember_written(obj, old)
+
+    def decoded(self, res: Resource, namespace: str | None, name: str, rv: int) -> dict[str, Any] | None:
+        """The object at version `rv` as a recent event already holds it decoded (shared: the
+        caller must not change it), or None."""
+        cache = self._caches.get((res.group, res.resource))
+        ev = cache.recent.get(rv) if cache is not None else None
+        if ev is None or ev.name != name or ev.namespace != (namespace if res.namespaced else None):
+            return None
+        return ev.decoded()
 
     def latest(self, res: Resource, namespace: str | None, name: str) -> tuple[int, str] | None:
         """(resourceVersion, stored JSON) of an object as the shared stream last saw it, if it saw
