@@ -6,7 +6,9 @@ It has the controller shape every grove loop has: the pods informer (pods with
 spec.nodeName=<node>, through `orchestrator.watchers`) puts `namespace/name` keys on a work queue,
 and `sync(key)` compares the pod with the containers found on the engine, asks `podsync` for the
 next steps, takes them, and writes the pod's status — level-triggered and safe to run twice. The
-engine's own events (a container died), probe results and back-off timers only enqueue keys.
+engine's own events (a container died), probe results and back-off timers only enqueue keys; as an
+engine may list a container as running just after reporting its death, a sync that still sees it
+running looks again shortly (for a few seconds), since no other event would follow.
 
 Deletion is the kubelet's: a pod with a deletionTimestamp gets its preStop hooks, SIGTERM, up to
 its grace period, SIGKILL; its containers are removed, then the agent confirms the deletion with
@@ -83,6 +85,8 @@ __all__ = ["AgentConfig", "ContainerRuntime", "NodeAgent", "NodeHost", "detect_n
 KUBELET_VERSION = "v1.32.0-grove"
 LEASE_NAMESPACE = "kube-node-lease"
 MIN_GRACE_SECONDS = 2  # the kubelet never kills with less, once a pod has had a deletion grace period
+EXIT_CONFIRM_SECONDS = 10.0  # how long a reported exit is looked for before trusting the listing
+EXIT_RECHECK_SECONDS = 0.2
 T = TypeVar("T")
 
 
@@ -262,6 +266,7 @@ class NodeAgent:
         self._waiting: dict[str, dict[str, podsync.Waiting]] = {}  # uid -> container -> why
         self._uids: dict[str, str] = {}  # key -> uid of the pod last synced under that key
         self._orphans: dict[str, set[str]] = {}  # key -> uids found on the engine without a pod
+        self._exits: dict[str, dict[str, float]] = {}  # key -> container reported dead -> look until
         self._terminating: dict[str, asyncio.Task[None]] = {}
         self._written: dict[str, dict[str, Any]] = {}  # uid -> status last written
         self._volumes_at: dict[str, float] = {}
@@ -598,11 +603,42 @@ class NodeAgent:
             return False
         return self.pod_dir(uid).is_dir()
 
-    def engine_event(self, namespace: str, name: str) -> None:
-        """The engine says a container of this pod changed (died, started): sync it."""
+    def engine_event(self, namespace: str, name: str, container_id: str = "", action: str = "") -> None:
+        """The engine says a container of this pod changed (died, started): sync it. A death is
+        remembered until a sync sees the container stopped (see _confirm_exits)."""
         key = f"{namespace}/{name}"
         if self.pod(key) is not None or key in self._uids:
+            if action == "die" and container_id:
+                self._exits.setdefault(key, {})[container_id] = time.monotonic() + EXIT_CONFIRM_SECONDS
             self.queue.add(key)
+
+    def _confirm_exits(self, key: str, observed: PodContainers | None) -> None:
+        """Sync the pod again shortly while a container the engine reported dead still shows as
+        running: a listing can lag the engine's event, and no other event would follow."""
+        pending = self._exits.get(key)
+        if not pending:
+            return
+        running = (
+            {c.id for c in [*observed.containers, *observed.sandboxes] if c.state.running}
+            if observed
+            else set()
+        )
+        now = time.monotonic()
+        for cid, until in list(pending.items()):
+            if cid not in running:
+                del pending[cid]
+            elif now >= until:
+                log.warning(
+                    "node %s: container %s of %s still shows as running after its exit",
+                    self.name,
+                    cid[:12],
+                    key,
+                )
+                del pending[cid]
+        if pending:
+            self.queue.add_after(key, EXIT_RECHECK_SECONDS)
+        else:
+            del self._exits[key]
 
     # --- sync -------------------------------------------------------------------------------------
 
@@ -618,9 +654,11 @@ class NodeAgent:
             await self._kill_orphan(gone)
         if pod is None or uid is None:
             self._uids.pop(key, None)
+            self._exits.pop(key, None)
             return
         self._uids[key] = uid
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            self._exits.pop(key, None)  # termination stops and removes everything anyway
             self._ensure_terminating(key, pod)
             return
         await self._sync_pod(key, pod, uid)
@@ -688,6 +726,7 @@ class NodeAgent:
             image_id_prefix=self._image_prefix,
         )
         self._update_probes(key, pod, uid, observed, status)
+        self._confirm_exits(key, observed)
         await self._write_status(pod, uid, status)
         if actions.requeue_after is not None:
             self.queue.add_after(key, actions.requeue_after)
@@ -1282,11 +1321,17 @@ class NodeHost:
                 )
                 self._engine_streams.append(stream)
                 delay = 0.5
+                note = getattr(agent.runtime, "container_event", None)
                 for event in stream:
-                    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                    actor = event.get("Actor") or {}
+                    attrs = actor.get("Attributes") or {}
                     ns, name = attrs.get(LABEL_POD_NAMESPACE), attrs.get(LABEL_POD_NAME)
+                    cid = str(actor.get("ID") or event.get("id") or "")
+                    action = str(event.get("Action") or event.get("status") or "")
+                    if note is not None and cid:
+                        note(cid, action)  # before the sync it causes lists the pod's containers
                     if ns and name:
-                        loop.call_soon_threadsafe(agent.engine_event, ns, name)
+                        loop.call_soon_threadsafe(agent.engine_event, ns, name, cid, action)
             except Exception as e:  # noqa: BLE001 - reconnect after engine restarts
                 if self._stop.is_set():
                     return

@@ -309,7 +309,21 @@ class FakeRuntime:
                     loop = asyncio.get_running_loop()
                 except RuntimeError:
                     return
-                loop.call_later(max(0.0, delay), self.on_exit, rec.namespace, rec.pod_name)
+                loop.call_later(max(0.0, delay), self._exit, rec.id)
+
+    def _exit(self, container_id: str) -> None:
+        """A scripted exit's timer: the container exits, then the agent hears of it — as the engine
+        emits "die" only after the state changed. The loop's timers run on a millisecond clock
+        and may fire just before the wall clock reaches exit_at; an agent told "exited" that then
+        found the container running would not look again until its resync."""
+        rec = self._records.get(container_id)
+        if rec is None:
+            return
+        if rec.started is not None and rec.finished is None and rec.exit_at is not None:
+            rec.finished = rec.exit_at
+            rec.exit_code = rec.scripted_code
+        if self.on_exit is not None:
+            self.on_exit(rec.namespace, rec.pod_name)
 
     def stop_container(self, container_id: str, grace_seconds: int) -> None:
         rec = self._get(container_id)

@@ -50,15 +50,13 @@ def control_plane(
         for name, proc, log in procs:
             assert proc.poll() is None, f"{name} exited:\n{log.read_text(errors='replace')[-3000:]}"
 
-    # The node resyncs every second: an exit of one of two pods finishing together is now and then
-    # not reflected in its status until the next full resync (60 s by default).
     try:
         start("scheduler", "orchestrator.scheduler.cli", "--server", apiserver.url, "--no-leader-elect")
         start("controllers", "orchestrator.controllers.cli", "--server", apiserver.url, "--no-leader-elect",
               "--port", "0")  # fmt: skip
         start("node", "node.cli", "--server", apiserver.url, "--name", NODE, "--runtime", "docker",
               "--node-ip", "127.0.0.1", "--address", "127.0.0.1", "--port", str(free_port()),
-              "--root-dir", str(workdir / "node"), "--sync-frequency", "1", "--housekeeping-interval", "1")  # fmt: skip
+              "--root-dir", str(workdir / "node"))  # fmt: skip
 
         def node_ready() -> bool:
             check()

@@ -41,13 +41,11 @@ def cluster(apiserver: ApiServerProcess) -> Iterator[Cluster]:  # noqa: F811
             )  # fmt: skip
         finally:
             os.environ.pop(BACKOFF_ENV, None)
-        # A 1 s resync: a scripted exit of a hollow container is now and then not noticed until
-        # the agent's next full resync (60 s by default), which would stall a job that long.
         root = os.path.join(workdir, "root-jobs")
         c.start(
             "nodes-jobs", "node.cli", "--server", apiserver.url, "--runtime", "fake", "--count", "2",
             "--name-prefix", "jobs-", "--port", "0", "--root-dir", root, "--node-ip", "127.0.0.1",
-            "--node-lease-duration-seconds", "2", "--node-status-update-frequency", "1", "--sync-frequency", "1", "--housekeeping-interval", "1",
+            "--node-lease-duration-seconds", "2", "--node-status-update-frequency", "1",
         )  # fmt: skip
         wait_for(
             lambda: c.node_ready("jobs-0") and c.node_ready("jobs-1"), "hollow nodes Ready", check=c.check

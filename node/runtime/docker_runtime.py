@@ -154,6 +154,7 @@ class DockerRuntime:
         self._inspected: dict[str, tuple[str, ContainerInfo]] = {}
         self._images_present: dict[str, float] = {}  # image ref -> believed present until (monotonic)
         self._fresh: set[str] = set()  # ids created by this object and not started yet: known grove's
+        self._died: dict[str, float] = {}  # id -> when the engine said it died, until an inspect shows it
         self._cache_lock = threading.Lock()
 
     @classmethod
@@ -300,7 +301,18 @@ class DockerRuntime:
         if labels.get(LABEL_POD_UID):
             with self._cache_lock:
                 self._inspected[cid] = (str((attrs.get("State") or {}).get("Status") or ""), info)
+                if not info.state.running:
+                    self._died.pop(cid, None)
         return info
+
+    def container_event(self, container_id: str, action: str) -> None:
+        """Take note of an engine event (called from the event stream's thread). The engine emits
+        "die" before its container list shows the exit: a list right after still says "running",
+        which matched the remembered inspect. Until an inspect shows the container stopped,
+        every list inspects it again; an inspect waits for the engine to finish the exit."""
+        if action == "die":
+            with self._cache_lock:
+                self._died[container_id] = time.monotonic()
 
     # --- sandbox ------------------------------------------------------------------------------
 
@@ -492,6 +504,7 @@ class DockerRuntime:
         with self._cache_lock:
             self._inspected.pop(container_id, None)
             self._fresh.discard(container_id)
+            self._died.pop(container_id, None)
         try:
             self.client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
@@ -595,7 +608,8 @@ class DockerRuntime:
             listed.add(cid)
             with self._cache_lock:
                 known = self._inspected.get(cid)
-            if known is not None and known[0] == row.get("State"):
+                died = cid in self._died
+            if known is not None and known[0] == row.get("State") and not died:
                 infos.append(known[1])
                 continue
             try:
@@ -610,6 +624,10 @@ class DockerRuntime:
             ]
             for cid in gone:
                 del self._inspected[cid]
+                self._died.pop(cid, None)
+            if pod_uid is None:  # forget dead containers removed before any list saw them
+                cutoff = time.monotonic() - 60
+                self._died = {c: t for c, t in self._died.items() if c in listed or t > cutoff}
         return infos
 
     # --- exec, logs, stats -----------------------------------------------------------------
