@@ -366,6 +366,19 @@ def test_grove_up_docker_runs_the_web_example(
         remove_pod_containers(uids)
 
 
+def test_grove_up_insecure_is_plain_http_without_credentials(grove_up: Callable[..., GroveUp]) -> None:
+    g = grove_up("--runtime", "fake", "--nodes", "1", "--insecure", "--no-first-pod")
+    status = g.start()
+    assert status["api_url"].startswith("http://") and status["ca_file"] == ""
+    assert all(u.startswith("http://") for u in status["store"])
+    with requests.Session() as bare:
+        bare.trust_env = False
+        nodes = bare.get(status["api_url"] + "/api/v1/nodes", timeout=10).json()["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["hollow-0"]
+    assert not (g.state_dir / "pki").exists()
+    assert "hollow-0" in g.kubectl("get", "nodes")
+
+
 def test_percentile_is_nearest_rank() -> None:
     from bench.schedule import percentile
 
