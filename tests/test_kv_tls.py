@@ -33,9 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kvstore.client import ClusterUnavailable, KVClient, SyncKVClient
 from kvstore.localcluster import ClusterTLS, GroveCluster, free_port
 from tests import waiting
+from tests.kvbackends import require_etcd, require_etcdctl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ETCDCTL = shutil.which("etcdctl")
 
 
 # --- a small PKI --------------------------------------------------------------------------------
@@ -170,12 +170,11 @@ def mtls_cluster(pki: Pki) -> Iterator[GroveCluster]:
 
 
 def etcdctl(endpoints: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    if ETCDCTL is None:
-        pytest.skip("etcdctl (Debian etcd-client 3.4) is not installed")
+    binary = require_etcdctl()  # a skip outside CI, a failure in it
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
     env["ETCDCTL_API"] = "2"
     return subprocess.run(
-        [ETCDCTL, "--endpoints", endpoints, *args], capture_output=True, text=True, env=env, timeout=timeout
+        [binary, "--endpoints", endpoints, *args], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -453,10 +452,7 @@ def _start_member(kind: str, directory: str, pki: Pki, *tls_flags: str) -> tuple
         "--cert-file", pki.server_cert, "--key-file", pki.server_key, *tls_flags,
     ]  # fmt: skip
     if kind == "etcd":
-        binary = shutil.which("etcd")
-        if binary is None:
-            pytest.skip("etcd 3.4 is not installed")
-        argv = [binary, "--enable-v2", *common]
+        argv = [require_etcd(), "--enable-v2", *common]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
     else:
         argv = [sys.executable, "-m", "kvstore", "serve", *common]
