@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ import pytest
 import requests
 
 from kvstore.localcluster import GroveCluster, free_port
+from tests import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
@@ -81,18 +81,16 @@ class ApiServerProcess:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_env(), cwd=ROOT
             )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
+
+        def alive() -> None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"apiserver exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=1, verify=self.ca_file).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"apiserver not ready in {timeout}s:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            return requests.get(self.url + "/readyz", timeout=1, verify=self.ca_file).status_code == 200
+
+        if not waiting.poll(ready, timeout, check=alive, errors=(requests.RequestException,))[0]:
+            raise RuntimeError(f"apiserver not ready in {timeout}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

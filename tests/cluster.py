@@ -222,6 +222,18 @@ def control_plane(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def delete_namespace_and_wait(api_url: str, namespace: str, timeout: float = 40.0) -> bool:
+    """Best-effort cleanup: delete a namespace and wait until its pods are gone (their containers
+    stopped by the agents); True when they went in time."""
+    requests.delete(f"{api_url}/api/v1/namespaces/{namespace}", timeout=10)
+
+    def no_pods() -> bool:
+        r = requests.get(f"{api_url}/api/v1/namespaces/{namespace}/pods", timeout=5)
+        return not r.ok or not r.json().get("items")
+
+    return bool(waiting.poll(no_pods, timeout, errors=(requests.RequestException,))[0])
+
+
 def busybox_container(name: str, script: str) -> dict[str, Any]:
     """A container running `script` under sh in grove's offline busybox image."""
     return {

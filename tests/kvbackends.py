@@ -296,11 +296,7 @@ class MemberProcess:
                 pytest.fail(f"{self.kind} member {self.name} exited:\n{self.log()}")
             return (get_json(self.client_url + "/health", 1.0) or {}).get("health") in ("true", True)
 
-        deadline = time.monotonic() + timeout
-        while not healthy():
-            if time.monotonic() > deadline:
-                pytest.fail(f"{self.kind} member {self.name} not healthy after {timeout:.0f}s:\n{self.log()}")
-            time.sleep(0.05)
+        waiting.wait_for(healthy, f"{self.kind} member {self.name} to be healthy", timeout, detail=self.log)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -459,19 +455,19 @@ class _Pool:
         for i in range(backend.size):
             if not backend.is_running(i):
                 return f"member {backend.names[i]} died:\n{backend.log(i)}"
-        deadline = time.monotonic() + 10  # a leader election in progress is not trouble
-        while True:
-            bad = [
+        bad: list = []
+
+        def all_healthy() -> bool:
+            bad[:] = [
                 (backend.names[i], doc)
                 for i in range(backend.size)
                 if ((doc := get_json(backend.url(i) + "/health", 2.0)) or {}).get("health")
                 not in ("true", True)
             ]
-            if not bad:
-                return None
-            if time.monotonic() > deadline:
-                return f"unhealthy members: {bad}"
-            time.sleep(0.1)
+            return not bad
+
+        # a leader election in progress is not trouble
+        return None if waiting.poll(all_healthy, 10)[0] else f"unhealthy members: {bad}"
 
     def close(self) -> None:
         for backend in self.backends.values():

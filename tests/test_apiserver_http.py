@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from kvstore.localcluster import free_port
+from tests import waiting
 from tests.apiserver_fixture import apiserver  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -606,13 +607,14 @@ def test_watch_survives_store_leader_kill(api, apiserver):  # noqa: F811
             if i == 10:
                 killed = cluster.leader_index()
                 cluster.kill(killed)
-            deadline = time.monotonic() + 30
-            while True:  # a write may fail while the store elects a new leader; retrying is idempotent
+
+            def patched(i: int = i) -> bool:
                 resp = api.req("PATCH", base + "/counter", {"data": {"i": str(i)}}, MERGE)
-                if resp.status_code == 200:
-                    break
-                assert resp.status_code in (500, 503, 504) and time.monotonic() < deadline, resp.text
-                time.sleep(0.1)
+                assert resp.status_code in (200, 500, 503, 504), resp.text
+                return resp.status_code == 200
+
+            # a write may fail while the store elects a new leader; retrying is idempotent
+            waiting.wait_for(patched, f"PATCH {i} to be accepted", 30)
         events = take(q, total, timeout=60)
         assert [e["type"] for e in events] == ["MODIFIED"] * total
         assert [e["object"]["data"]["i"] for e in events] == [str(i) for i in range(total)]

@@ -32,6 +32,7 @@ import yaml
 from kvstore.localcluster import free_port
 from node.runtime import DockerRuntime
 from tests.apiserver_fixture import ROOT, ApiServerProcess, _env, apiserver  # noqa: F401 - pytest fixture
+from tests.cluster import delete_namespace_and_wait
 from tests.dockerutil import wait_for
 
 pytest_plugins = ("tests.dockerutil",)
@@ -120,14 +121,14 @@ class EndpointsClient:
                             elif ev["type"] in ("ADDED", "MODIFIED"):
                                 self._set(ev["object"])
             except (requests.RequestException, ValueError, KeyError):
-                time.sleep(0.1)
+                time.sleep(0.1)  # pacing of this background watcher's reconnects
 
     def _load(self) -> None:
         turn = itertools.count()
         while not self._stop.is_set():
             addrs = self.addresses
             if not addrs:
-                time.sleep(0.02)
+                time.sleep(0.02)  # pacing: the prober has no backend yet
                 continue
             target = addrs[next(turn) % len(addrs)]
             ip, port = target.rsplit(":", 1)
@@ -137,7 +138,7 @@ class EndpointsClient:
             except OSError as e:
                 stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                 self.errors.append(f"{stamp} {target}: {e!r}")
-            time.sleep(0.005)
+            time.sleep(0.005)  # pacing of the prober's requests, not a wait for an outcome
 
     def __enter__(self) -> EndpointsClient:
         for t in self._threads:
@@ -200,13 +201,7 @@ def control_plane(
         check()
     finally:
         try:
-            requests.delete(f"{apiserver.url}/api/v1/namespaces/{NS}", timeout=10)
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline:
-                r = requests.get(f"{apiserver.url}/api/v1/namespaces/{NS}/pods", timeout=5)
-                if not r.ok or not r.json().get("items"):
-                    break
-                time.sleep(0.2)
+            delete_namespace_and_wait(apiserver.url, NS, 40)
         finally:
             for _, proc, _ in reversed(procs):
                 if proc.poll() is None:

@@ -12,7 +12,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +20,7 @@ from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
 
 from kvstore.localcluster import free_port
 from node.dns import ClusterDNSServer, ClusterZone, bind_pair, parse_address, resolv_conf_nameservers
+from tests import waiting
 from tests.apiserver_fixture import ROOT, ApiServerProcess, apiserver  # noqa: F401 - pytest fixture
 
 SERVICES = [
@@ -349,15 +349,21 @@ def sync_query(addr, name, qtype="A") -> DNSRecord | None:
             return None
 
 
+def nxdomain(reply: DNSRecord | None) -> bool:
+    """The server answered that the name does not exist (a timeout is no answer)."""
+    return reply is not None and reply.header.rcode == RCODE.NXDOMAIN
+
+
 def wait_answer(addr, name, want, qtype="A", timeout=15.0):
-    deadline = time.monotonic() + timeout
-    got = None
-    while time.monotonic() < deadline:
-        got = sync_query(addr, name, qtype)
-        if got is not None and sorted(values(got, qtype)) == sorted(want):
-            return got
-        time.sleep(0.05)
-    pytest.fail(f"{name} {qtype}: wanted {want}, last answer {got}")
+    last = [None]
+
+    def answered():
+        last[0] = got = sync_query(addr, name, qtype)
+        return got if got is not None and sorted(values(got, qtype)) == sorted(want) else None
+
+    return waiting.wait_for(
+        answered, f"{name} {qtype} to be {want}", timeout, detail=lambda: f"last: {last[0]}"
+    )
 
 
 def api(server: ApiServerProcess, method: str, path: str, body=None, ctype="application/json"):
@@ -390,10 +396,9 @@ def test_grove_dns_follows_services_and_endpoints(apiserver, dns_process):  # no
         "application/merge-patch+json")  # fmt: skip
     wait_answer(addr, f"hl.{ns}.svc.cluster.local", ["10.88.0.6"])
     api(apiserver, "DELETE", f"/api/v1/namespaces/{ns}/services/web")
-    deadline = time.monotonic() + 15
-    while (
-        reply := sync_query(addr, f"web.{ns}.svc.cluster.local")
-    ) is None or reply.header.rcode != RCODE.NXDOMAIN:
-        assert time.monotonic() < deadline, f"web.{ns} still answers after its deletion: {reply}"
-        time.sleep(0.05)
+    waiting.wait_for(
+        lambda: nxdomain(sync_query(addr, f"web.{ns}.svc.cluster.local")),
+        f"web.{ns} to go after its deletion",
+        15,
+    )
     assert proc.poll() is None

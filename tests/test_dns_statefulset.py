@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +17,10 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from kvstore.localcluster import free_port
 from node.dns import ClusterZone
+from tests import waiting
 from tests.apiserver_fixture import ROOT, ApiServerProcess, _env, apiserver  # noqa: F401 - pytest fixture
 from tests.cluster import Cluster, control_plane, stop_process, wait_for
-from tests.test_dns import sync_query, wait_answer
+from tests.test_dns import nxdomain, sync_query, wait_answer
 from tests.test_statefulset_e2e import statefulset
 
 pytestmark = [pytest.mark.slow]
@@ -111,13 +111,10 @@ def test_statefulset_pods_resolve_by_name(cluster: Cluster, dns: tuple[str, int]
 
     # Scaled down, web-1's name goes away; web-0 keeps its name.
     cluster.kubectl("scale", "-n", ns, "sts/web", "--replicas=1")
-    deadline = time.monotonic() + 30
-    while (
-        reply := sync_query(dns, f"web-1.web.{ns}.svc.cluster.local")
-    ) is None or reply.header.rcode != RCODE.NXDOMAIN:
-        assert time.monotonic() < deadline, f"web-1 still answers after scale down: {reply}"
-        cluster.check()
-        time.sleep(0.05)
+    waiting.wait_for(
+        lambda: nxdomain(sync_query(dns, f"web-1.web.{ns}.svc.cluster.local")),
+        "web-1's name to go after the scale down", 30, check=cluster.check,
+    )  # fmt: skip
     reply = sync_query(dns, f"web-0.web.{ns}.svc.cluster.local")
     assert reply is not None and [str(r.rdata) for r in reply.rr if r.rtype == QTYPE.A] == [ips["web-0"]]
 

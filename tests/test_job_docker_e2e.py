@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from kvstore.localcluster import free_port
 from node.images import BUSYBOX_IMAGE
 from node.runtime import DockerRuntime
 from tests.apiserver_fixture import ROOT, ApiServerProcess, _env, apiserver  # noqa: F401 - pytest fixture
+from tests.cluster import delete_namespace_and_wait
 from tests.dockerutil import wait_for
 
 pytest_plugins = ("tests.dockerutil",)
@@ -72,13 +72,7 @@ def control_plane(
         check()
     finally:
         try:
-            requests.delete(f"{apiserver.url}/api/v1/namespaces/{NS}", timeout=10)
-            deadline = time.monotonic() + 40
-            while time.monotonic() < deadline:
-                r = requests.get(f"{apiserver.url}/api/v1/namespaces/{NS}/pods", timeout=5)
-                if not r.ok or not r.json().get("items"):
-                    break
-                time.sleep(0.2)
+            delete_namespace_and_wait(apiserver.url, NS, 40)
         finally:
             for _, proc, _ in reversed(procs):
                 if proc.poll() is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -142,12 +141,10 @@ def cluster(
         try:
             for name in c.pods:
                 c.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", gracePeriodSeconds=0)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and real.running():
-                resp = c.api("GET", f"/api/v1/namespaces/{NS}/pods/real-web")
-                if resp.status_code == 404:
-                    break
-                time.sleep(0.2)
+            if real.running():  # let the agent stop the real pod's containers
+                waiting.poll(
+                    lambda: c.api("GET", f"/api/v1/namespaces/{NS}/pods/real-web").status_code == 404, 20
+                )
         finally:
             for agent in agents:
                 agent.stop()

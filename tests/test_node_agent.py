@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ pytest.register_assert_rewrite("tests.dockerutil")  # before its import: its ass
 from node.images import BUSYBOX_IMAGE  # noqa: E402
 from node.runtime import LABEL_POD_NAMESPACE, LABEL_POD_UID, DockerRuntime  # noqa: E402
 from node.runtime.spec import LABEL_NODE  # noqa: E402
-from tests import apiserver_fixture  # noqa: E402
+from tests import apiserver_fixture, waiting  # noqa: E402
 from tests.apiserver_fixture import KUBECTL, ROOT, ApiServerProcess  # noqa: E402
 from tests.dockerutil import make_pod, wait_for  # noqa: E402
 
@@ -83,17 +82,17 @@ class AgentProcess:
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = re.search(r"serving on [\d.]+:(\d+)", self.log()[mark:])
-            if m:
-                self.port = int(m.group(1))
-                return
-            if self.proc.poll() is not None:
+
+        def alive() -> None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"grove node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"grove node did not come up in {timeout}s:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+
+        serving, _ = waiting.poll(
+            lambda: re.search(r"serving on [\d.]+:(\d+)", self.log()[mark:]), timeout, check=alive
+        )
+        if serving is None:
+            raise RuntimeError(f"grove node did not come up in {timeout}s:\n{self.log()[-3000:]}")
+        self.port = int(serving.group(1))
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None

@@ -119,14 +119,14 @@ def cluster(
         try:
             for name in ("chatty", "crasher"):
                 c.api("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}")
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and agent.running():
-                if all(
-                    c.api("GET", f"/api/v1/namespaces/{NS}/pods/{n}").status_code == 404
-                    for n in ("chatty", "crasher")
-                ):
-                    break
-                time.sleep(0.2)
+            if agent.running():  # let the agent stop the pods' containers
+                waiting.poll(
+                    lambda: all(
+                        c.api("GET", f"/api/v1/namespaces/{NS}/pods/{n}").status_code == 404
+                        for n in ("chatty", "crasher")
+                    ),
+                    30,
+                )
         finally:
             agent.stop()
             remove_pod_containers(docker_client, c.uids)

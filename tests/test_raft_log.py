@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 
 from kvstore.raft import RaftNode, RaftTuning, _check_pysyncobj, plan_append
 from kvstore.statemachine import StateMachine
+from tests import waiting
 
 DEADLINE = 10.0
 LEADER = TCPNode("127.0.0.1:9")  # the sender; the follower only replies to it
@@ -133,10 +133,9 @@ def writes(f: Follower, first: int, last: int, term: int) -> list[tuple]:
 
 
 def wait_applied(f: Follower, index: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while f.raft.raftLastApplied < index:
-        assert time.monotonic() < deadline, f"entries up to {index} were not applied"
-        time.sleep(0.01)
+    waiting.wait_for(
+        lambda: f.raft.raftLastApplied >= index, f"entries up to {index} to be applied", DEADLINE
+    )
 
 
 def success(reply: dict | None, next_index: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import requests
 
 from orchestrator.scheduler.testing import anti_affinity, node, pod, taint
+from tests import waiting
 from tests.apiserver_fixture import (
     ROOT,
     ApiServerProcess,
@@ -31,14 +31,7 @@ LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
 
 
 def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return waiting.wait_for(cond, what, timeout)
 
 
 class Api:
@@ -201,7 +194,7 @@ def test_places_pods_and_reports_what_does_not_fit(apiserver: ApiServerProcess, 
         create("ours-after", cpu="100m")
         wait_for(lambda: api.node_of(ns, "ours-after"), "ours-after bound")
         assert api.node_of(ns, "not-ours") is None
-    except AssertionError:
+    except (AssertionError, pytest.fail.Exception):
         print(sched.log()[-5000:])
         raise
 
@@ -239,6 +232,6 @@ def test_standby_takes_over_when_the_leader_dies(apiserver: ApiServerProcess, sc
         second.stop(signal.SIGTERM)
         assert second.proc.returncode == 0
         assert api.lease(lease)["holderIdentity"] == ""
-    except AssertionError:
+    except (AssertionError, pytest.fail.Exception):
         print("first:", first.log()[-3000:], "\nsecond:", second.log()[-3000:])
         raise

@@ -36,6 +36,7 @@ from dnslib import QTYPE, DNSRecord
 
 from node.runtime import DockerRuntime
 from tests.apiserver_fixture import ROOT, ApiServerProcess, apiserver  # noqa: F401 - pytest fixture
+from tests.cluster import delete_namespace_and_wait
 from tests.dockerutil import Pods, make_pod, wait_for
 
 pytest_plugins = ("tests.dockerutil",)
@@ -699,13 +700,7 @@ def control_plane(apiserver, proxy, cluster_dns, workdir, docker_client, grove_i
         yield plane
     finally:
         try:
-            requests.delete(f"{apiserver.url}/api/v1/namespaces/{ROLLOUT_NS}", timeout=10)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                r = requests.get(f"{apiserver.url}/api/v1/namespaces/{ROLLOUT_NS}/pods", timeout=5)
-                if not r.ok or not r.json().get("items"):
-                    break
-                time.sleep(0.2)
+            delete_namespace_and_wait(apiserver.url, ROLLOUT_NS, 30)
         finally:
             plane.stop()
             runtime = DockerRuntime(docker_client)
