@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.kv import machine_busy_seconds
+from bench.podwatch import PodWatch
 from bench.schedule import percentile
 from orchestrator.apiclient import NAMESPACES, PODS, ApiClient, ApiError, ClientConfig, load_kubeconfig
 
@@ -114,17 +115,16 @@ def running_and_ready(pod: dict[str, Any]) -> bool:
     return status.get("phase") == "Running" and ready
 
 
-class StageWatch:
+class StageWatch(PodWatch):
     """One watch on the namespace: when each pod was first seen bound, and first seen Running
     and Ready."""
 
     def __init__(self, client: ApiClient) -> None:
-        self.client = client
+        super().__init__(client, NAMESPACE)
         self.bound_at: dict[str, float] = {}
         self.running_at: dict[str, float] = {}
         self.node_of: dict[str, str] = {}
         self.waiting: dict[str, str] = {}  # name -> last waiting reason, for a stuck run's report
-        self.changed = asyncio.Event()
 
     def _see(self, pod: dict[str, Any], now: float) -> None:
         name = pod["metadata"]["name"]
@@ -141,22 +141,6 @@ class StageWatch:
             reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason")
             if reason:
                 self.waiting[name] = reason
-
-    async def run(self, resource_version: str) -> None:
-        rv = resource_version
-        while True:
-            try:
-                async for kind, obj in self.client.watch(*PODS, NAMESPACE, resource_version=rv):
-                    now = time.monotonic()
-                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    if kind in ("ADDED", "MODIFIED"):
-                        self._see(obj, now)
-            except ApiError:
-                listing = await self.client.list(*PODS, NAMESPACE)
-                now = time.monotonic()
-                for pod in listing.get("items") or ():
-                    self._see(pod, now)
-                rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
 
 async def _wait_running(client: ApiClient, name: str, timeout: float) -> float | None:

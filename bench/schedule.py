@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.podwatch import PodWatch
 from orchestrator.apiclient import NAMESPACES, NODES, PODS, ApiClient, ApiError, ClientConfig, load_kubeconfig
 
 NAMESPACE = "grove-bench-schedule"
@@ -201,14 +202,13 @@ async def wait_scheduler_sees(client: ApiClient, last_node: str, timeout: float 
     raise ScheduleBenchError(f"the scheduler did not bind a probe pod within {timeout:.0f}s; is it running?")
 
 
-class BindWatch:
+class BindWatch(PodWatch):
     """One watch on the namespace's pods: when each pod was first seen bound (monotonic time)."""
 
     def __init__(self, client: ApiClient) -> None:
-        self.client = client
+        super().__init__(client, NAMESPACE)
         self.bound_at: dict[str, float] = {}
         self.unschedulable: set[str] = set()
-        self.changed = asyncio.Event()
 
     def _see(self, pod: dict[str, Any], now: float) -> None:
         name = pod["metadata"]["name"]
@@ -221,23 +221,6 @@ class BindWatch:
             for cond in (pod.get("status") or {}).get("conditions") or ():
                 if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
                     self.unschedulable.add(name)
-
-    async def run(self, resource_version: str) -> None:
-        rv = resource_version
-        while True:
-            try:
-                async for kind, obj in self.client.watch(*PODS, NAMESPACE, resource_version=rv):
-                    now = time.monotonic()
-                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    if kind in ("ADDED", "MODIFIED"):
-                        self._see(obj, now)
-            except ApiError:
-                # Dropped or too old: list again (bindings seen late get the list's time).
-                listing = await self.client.list(*PODS, NAMESPACE)
-                now = time.monotonic()
-                for pod in listing.get("items") or ():
-                    self._see(pod, now)
-                rv = str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
 
 async def measure(

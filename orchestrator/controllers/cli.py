@@ -8,13 +8,9 @@ leader election (the default) for a hot standby: the second waits on the Lease
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import signal
 import socket
-import sys
 import uuid
 from urllib.parse import urlparse
 
@@ -22,6 +18,7 @@ import click
 
 from orchestrator.clientflags import connection, kubeconfig_option
 from orchestrator.leaderelection import LeaseConfig
+from orchestrator.process import run_until_signalled
 
 from .base import ControllerOptions
 from .manager import CONTROLLERS, ManagerOptions, run_manager, select_controllers
@@ -202,28 +199,7 @@ def controllers(
         ),
         pod_gc_quarantine=pod_gc_orphan_quarantine,
     )
-    _run(run_manager(options))
-
-
-def _run(main) -> None:  # type: ignore[no-untyped-def]
-    """Run until SIGINT/SIGTERM, then cancel cleanly (a leader hands its Lease back)."""
-
-    async def wrapper() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
-
-    try:
-        import uvloop
-
-        uvloop.run(wrapper())
-    except OSError as exc:  # e.g. the metrics port is taken
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run_until_signalled(run_manager(options))
 
 
 if __name__ == "__main__":

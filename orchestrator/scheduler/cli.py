@@ -8,18 +8,15 @@ Flags follow kube-scheduler's where it has one (`--leader-elect`, `--leader-elec
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
-import signal
-import sys
 from urllib.parse import urlparse
 
 import click
 
 from orchestrator.clientflags import connection, kubeconfig_option
 from orchestrator.leaderelection import LeaseConfig
+from orchestrator.process import run_until_signalled
 from orchestrator.scheduler.scheduler import (
     SCHEDULER_NAMES,
     SchedulerOptions,
@@ -177,30 +174,7 @@ def scheduler(
         record_scheduled_events=scheduled_events,
     )
     metrics = (metrics_bind_address, metrics_port) if metrics_port else None
-    _run(run_scheduler(connection(server, kubeconfig), options, lease, metrics))  # type: ignore[arg-type]
-
-
-def _run(main) -> None:  # type: ignore[no-untyped-def]
-    """Run until SIGINT/SIGTERM, then cancel cleanly (a leader hands its Lease back)."""
-
-    async def wrapper() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await main
-
-    try:
-        import uvloop
-
-        uvloop.run(wrapper())
-    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        asyncio.run(wrapper())
-    except OSError as exc:  # e.g. the metrics port is taken
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    run_until_signalled(run_scheduler(connection(server, kubeconfig), options, lease, metrics))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
