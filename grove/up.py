@@ -38,7 +38,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from kvstore.localcluster import ClusterError, ClusterTLS, GroveCluster, free_port
+from kvstore.localcluster import ClusterError, ClusterTLS, GroveCluster, free_port, free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PID_FILE = "grove-up.pid"
@@ -314,8 +314,9 @@ class Cluster:
             ports["apiserver"] = api_port or free_port()
         if "apiserver" not in ports:
             ports["apiserver"] = 6443 if _port_free(6443) else free_port()
-        for k in ("controllers", "scheduler", "dns"):
-            ports.setdefault(k, free_port())
+        missing = [k for k in ("controllers", "scheduler", "dns") if k not in ports]
+        for k, port in zip(missing, free_ports(len(missing)), strict=True):
+            ports[k] = port
         with open(path, "w") as f:
             json.dump(ports, f)
         return ports

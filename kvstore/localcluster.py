@@ -30,6 +30,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that were free a moment ago: all bound at once, then released (ports
+    picked one at a time can repeat, and two members on one port share a member id)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def http_json(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> dict | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
@@ -116,7 +131,8 @@ class GroveCluster:
                 saved = json.load(f)
             if len(saved) == self.size:
                 return [tuple(p) for p in saved]  # type: ignore[misc]
-        ports = [(free_port(self.host), free_port(self.host)) for _ in range(self.size)]
+        picked = free_ports(2 * self.size, self.host)
+        ports = [(picked[2 * i], picked[2 * i + 1]) for i in range(self.size)]
         with open(path, "w") as f:
             json.dump(ports, f)
         return ports
